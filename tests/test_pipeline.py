@@ -114,6 +114,30 @@ def test_unchanged_output_fingerprint_keeps_dependents(tmp_path) -> None:
     assert statuses(summary) == ["skipped", "ran", "skipped"]
 
 
+def test_a_stage_reading_one_part_of_a_dependency_skips_when_only_other_parts_change(tmp_path) -> None:
+    """Training reads HPO-Dx train only: more evaluation questions re-run the evaluation, not the training."""
+    fake = FakeStages()
+
+    def benchmark(ctx) -> dict:
+        return dict(fake.execute(ctx), part_fingerprints={"train": f"train-{ctx.configs['train']}"})
+
+    stages = [
+        Stage("benchmark", (), lambda plan, inputs: {"n": plan.run.max_questions, "train": plan.data.hpo_dx_train},
+              benchmark),
+        Stage("sft", ("benchmark",), lambda plan, inputs: {}, fake.execute, reads=pl.TRAIN_ONLY),
+        Stage("baselines", ("benchmark",), lambda plan, inputs: {}, fake.execute),
+    ]
+    recipe = write_recipe(tmp_path)
+    assert statuses(pl.run_pipeline(recipe, stages=stages, progress=False)) == ["ran"] * 3
+    more = pl.run_pipeline(recipe, stages=stages, progress=False, overrides=["run.max_questions=7"])
+    assert statuses(more) == ["ran", "skipped", "ran"]
+    sft_done = json.loads((tmp_path / "runs" / "t" / "sft" / "done.json").read_text())
+    assert sft_done["deps"] == {"benchmark": "train:train-3000"}
+    retrain = pl.run_pipeline(recipe, stages=stages, progress=False,
+                              overrides=["run.max_questions=7", "data.hpo_dx_train=50"])
+    assert statuses(retrain) == ["ran", "ran", "ran"]
+
+
 def test_failed_stage_is_not_done_and_resumes(tmp_path) -> None:
     recipe, fake = write_recipe(tmp_path), FakeStages()
     fake.fail.add("index")

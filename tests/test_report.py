@@ -220,6 +220,46 @@ def test_report_command(tmp_path) -> None:
     assert missing.exit_code == 2 and "not a run directory" in missing.output
 
 
+def _eval_dir(path: Path, correct: int, n: int, method: str, samples=()) -> Path:
+    _write_json(path / "metrics.json", dict(metrics_for(correct, n), method=method, data="hpo-dx:test",
+                                            model="/home/u/.cache/medr1/models/smollm2-135m"))
+    if samples:
+        _write_jsonl(path / "samples.jsonl", samples)
+    return path
+
+
+def test_table_and_trace_commands_on_standalone_evals(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from medr1.cli import app
+
+    samples = [dict(t, question="Case: tall stature.", options={"A": "Cystic fibrosis", "B": "Marfan syndrome",
+                                                                "C": "Noonan syndrome"}) for t in TRACES]
+    cot = _eval_dir(tmp_path / "cot", 30, 100, "cot")
+    sa = _eval_dir(tmp_path / "self-ask", 45, 100, "self-ask", samples)
+    out = tmp_path / "table.md"
+    result = CliRunner().invoke(app, ["table", str(cot), str(sa), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("| dataset | method | model | n | accuracy | unparseable |") and len(lines) == 4
+    assert lines[2].startswith("| hpo-dx:test | cot | smollm2-135m | 100 | 30.0% [21.9–39.6] | 5.0% |")
+    assert lines[3].startswith("| hpo-dx:test | self-ask | smollm2-135m | 100 | 45.0% [35.6–54.8] |")
+
+    traces = CliRunner().invoke(app, ["trace", str(sa), "-k", "2"])
+    assert traces.exit_code == 0, traces.output
+    assert traces.output.index("hpo-dx-test-00001") < traces.output.index("hpo-dx-test-00002")
+    assert "🔎 search: `tall stature ectopia lentis` → Marfan syndrome; Homocystinuria" in traces.output
+    assert "hpo-dx-test-00003" not in traces.output
+    one = CliRunner().invoke(app, ["trace", str(sa), "--id", "hpo-dx-test-00003"])
+    assert one.exit_code == 0 and "✅ correct" in one.output and "00001" not in one.output
+
+    for args, message in ((["table", str(cot), str(tmp_path / "nope")], "no metrics.json"),
+                          (["trace", str(cot)], "no samples"),
+                          (["trace", str(sa), "--id", "x-9"], "no sample with id x-9")):
+        bad = CliRunner().invoke(app, args)
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # pure pieces, tables of cases
 # ---------------------------------------------------------------------------------------------------------------------

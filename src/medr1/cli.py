@@ -500,6 +500,43 @@ def report_cmd(
 
 
 
+@app.command("table")
+@friendly_errors
+def table_cmd(
+    eval_dirs: list[str] = typer.Argument(..., help="Output directories of `medr1 eval` (each with metrics.json)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Also write the table to this markdown file."),
+) -> None:
+    """One markdown table of several `medr1 eval` runs: accuracy [95% CI], unparseable, gold-doc hit, searches, time.
+
+    Example: medr1 table runs/eval/cot runs/eval/rag runs/eval/self-ask --out runs/eval/table.md
+    """
+    from medr1.io import atomic_write_text
+    from medr1.report import eval_table
+
+    text = eval_table(eval_dirs)
+    typer.echo(text)
+    if out:
+        atomic_write_text(out, text + "\n")
+
+
+@app.command("trace")
+@friendly_errors
+def trace_cmd(
+    eval_dir: str = typer.Argument(..., help="An output directory of `medr1 eval` (with samples.jsonl)."),
+    ids: list[str] | None = typer.Option(None, "--id", help="Question id to show (repeatable)."),
+    k: int = typer.Option(2, "-k", min=1, help="Without --id: how many traces, alternating right and wrong."),
+) -> None:
+    """Print readable traces (thinking, searches with retrieved titles, answer vs gold) from an eval's samples.
+
+    Example: medr1 trace runs/eval/self-ask -k 2
+
+    Example: medr1 trace runs/eval/self-ask --id hpo-dx-test-0007
+    """
+    from medr1.report import eval_traces
+
+    typer.echo(eval_traces(eval_dir, ids or (), k))
+
+
 def main() -> None:
     app()
 

@@ -62,26 +62,34 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         fh.flush()
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; a bad line is a DataError naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+def jsonl_records(path: str | Path) -> Iterator[tuple[int, dict | str]]:
+    """(line number, object) for each non-blank line, or (line number, why the line is bad); goes on past bad lines."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason})") from None
+                yield lineno, f"not valid UTF-8 ({exc.reason})"
+                continue
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+                yield lineno, f"invalid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            yield lineno, obj if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; a bad line is a DataError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    for lineno, obj in jsonl_records(path):
+        if isinstance(obj, str):
+            raise DataError(f"{path}:{lineno}: {obj}")
+        yield lineno, obj
 
 
 def read_jsonl_tolerant(path: str | Path) -> list[dict]:

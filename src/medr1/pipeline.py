@@ -28,7 +28,8 @@ fingerprints of the stages it reads, and its outputs still exist; done.json is w
 the stage runs: when `<stage>/started.json` shows an interrupted run of the same hash, its outputs are kept and the
 stage resumes (evaluations continue after their last sample, training from its last checkpoint); any other stage
 directory is cleared first. `--force STAGE` re-runs that one stage from scratch; a stage whose outputs changed gets
-a new fingerprint, so the stages reading it run again too.
+a new fingerprint, so the stages reading it run again too. The training stages read only HPO-Dx train from the
+benchmark stage, so `--set run.max_questions=N` (or another evaluation dataset) re-evaluates without retraining.
 
 The recipe is one YAML file of flat sections: `run:` (RunConfig), `data:` (DataConfig), `index:` (IndexConfig),
 `eval:` (medr1.evaluate.EvalConfig), `sft:` (medr1.train.sft.SFTConfig), `grpo:` (medr1.train.grpo.GRPOConfig).
@@ -321,6 +322,9 @@ class Stage:
     execute: Execute
     enabled: Callable[[Plan], bool] = lambda plan: True
     always: bool = False  # never skipped (the report)
+    # dep -> the part of its outputs this stage reads (a key of the dep's "part_fingerprints"): the training stages
+    # read only HPO-Dx train from the benchmark, so evaluating more questions does not retrain
+    reads: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_spec(spec: str, hpo_dx_dir: str | Path) -> str:
@@ -477,6 +481,7 @@ def execute_benchmark(ctx: StageContext) -> dict[str, Any]:
                    "questions": {s: v.get("questions") for s, v in (stats.get("splits") or {}).items()}},
         "datasets": entries,
         "fingerprint": fingerprint,
+        "part_fingerprints": {"train": file_sha256(hpo_dx_dir / "train.jsonl")[:16]},
         "paths": [str(hpo_dx_dir / "stats.json")] + [e["path"] for e in ok],
     }
 
@@ -644,6 +649,9 @@ def _sft_on(plan: Plan) -> bool:
     return plan.run.sft
 
 
+TRAIN_ONLY = {"benchmark": "train"}  # training reads HPO-Dx train, not the evaluation samples
+
+
 def default_stages() -> list[Stage]:
     return [
         Stage("corpus", (), configure_corpus, execute_corpus),
@@ -651,11 +659,12 @@ def default_stages() -> list[Stage]:
         Stage("benchmark", (), configure_benchmark, execute_benchmark),
         Stage("baselines", ("index", "benchmark"), configure_eval("baselines"), execute_eval,
               lambda p: bool(p.run.baselines)),
-        Stage("sft", ("index", "benchmark"), configure_sft, execute_sft, _sft_on),
+        Stage("sft", ("index", "benchmark"), configure_sft, execute_sft, _sft_on, reads=TRAIN_ONLY),
         Stage("eval-sft", ("sft", "index", "benchmark"), configure_eval("eval-sft"), execute_eval, _sft_on),
-        Stage("grpo", ("sft", "index", "benchmark"), configure_grpo("grpo"), execute_grpo, lambda p: p.run.grpo),
+        Stage("grpo", ("sft", "index", "benchmark"), configure_grpo("grpo"), execute_grpo, lambda p: p.run.grpo,
+              reads=TRAIN_ONLY),
         Stage("grpo-cot", ("sft", "index", "benchmark"), configure_grpo("grpo-cot"), execute_grpo,
-              lambda p: p.run.grpo_cot),
+              lambda p: p.run.grpo_cot, reads=TRAIN_ONLY),
         Stage("eval-grpo", ("grpo", "index", "benchmark"), configure_eval("eval-grpo"), execute_eval,
               lambda p: p.run.grpo),
         Stage("eval-grpo-cot", ("grpo-cot", "index", "benchmark"), configure_eval("eval-grpo-cot"), execute_eval,
@@ -780,6 +789,15 @@ def execute_plan(plan: Plan, stages: list[Stage]) -> dict[str, Any]:
     return summary
 
 
+def dep_fingerprint(stage: Stage, dep: str, dep_outputs: dict[str, Any], whole: str) -> str:
+    """The fingerprint of what `stage` reads from `dep`: one part of its outputs (Stage.reads), or all of them."""
+    part = stage.reads.get(dep)
+    if part is None:
+        return whole
+    value = (dep_outputs.get("part_fingerprints") or {}).get(part)
+    return f"{part}:{value}" if value else whole  # outputs from before parts were recorded: the whole fingerprint
+
+
 def run_stage(plan: Plan, stage: Stage, outputs: dict[str, dict[str, Any]], fingerprints: dict[str, str],
               prefix: str) -> dict[str, Any]:
     """Skip, resume or run one stage; records its outputs and fingerprint for the stages after it."""
@@ -792,7 +810,7 @@ def run_stage(plan: Plan, stage: Stage, outputs: dict[str, dict[str, Any]], fing
         return {"stage": stage.name, "status": "disabled", "reason": why, "seconds": 0.0}
     inputs = {d: outputs[d] for d in deps}
     configs = stage.configure(plan, inputs)
-    dep_fps = {d: fingerprints[d] for d in deps}
+    dep_fps = {d: dep_fingerprint(stage, d, outputs[d], fingerprints[d]) for d in deps}
     digest = stage_hash(configs, dep_fps)
     stage_dir = plan.stage_dir(stage.name)
     forced = stage.name in plan.force

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medr1.errors import DataError
 from medr1.io import atomic_open, atomic_write_text, read_jsonl_tolerant
 
 NOT_RUN = "not run"
@@ -225,21 +226,57 @@ def detail_rows(results: dict[tuple[str, str], dict[str, Any]], datasets: Sequen
     for d in shown_datasets(datasets, results):
         for r in rows:
             m = results.get((r.label, d["key"]))
-            if not m:
-                continue
-            cells = [r.label, str(d.get("title") or d["key"])]
-            for key, _ in DETAIL_KEYS:
-                v = m.get(key)
-                if key == "accuracy":
-                    cells.append(accuracy_text(m))
-                elif key in ("unparseable_rate", "gold_hit_rate"):
-                    cells.append(f"{100 * v:.1f}%" if _num(v) is not None else "n/a")
-                elif _num(v) is not None and not isinstance(v, int):
-                    cells.append(f"{v:.2f}")
-                else:
-                    cells.append("n/a" if v is None else str(v))
-            body.append(cells)
+            if m:
+                body.append([r.label, str(d.get("title") or d["key"])] + detail_cells(m))
     return header, body
+
+
+def detail_cells(m: dict[str, Any]) -> list[str]:
+    """The DETAIL_KEYS cells of one metrics dict: accuracy [CI], rates in percent, other numbers to 2 decimals."""
+    cells = []
+    for key, _ in DETAIL_KEYS:
+        v = m.get(key)
+        if key == "accuracy":
+            cells.append(accuracy_text(m))
+        elif key in ("unparseable_rate", "gold_hit_rate"):
+            cells.append(f"{100 * v:.1f}%" if _num(v) is not None else "n/a")
+        elif _num(v) is not None and not isinstance(v, int):
+            cells.append(f"{v:.2f}")
+        else:
+            cells.append("n/a" if v is None else str(v))
+    return cells
+
+
+def eval_table(eval_dirs: Sequence[str | Path]) -> str:
+    """A markdown table of standalone `medr1 eval` outputs: one row per directory, from its metrics.json."""
+    header = ["dataset", "method", "model"] + [title for _, title in DETAIL_KEYS]
+    body = []
+    for d in eval_dirs:
+        path = Path(d) / "metrics.json"
+        if not path.is_file():
+            raise DataError(f"{path}: no metrics.json (has `medr1 eval --out {d}` finished?)")
+        m = _read_json(path)
+        if not isinstance(m, dict):
+            raise DataError(f"{path}: unreadable or not a JSON object of metrics")
+        body.append([str(m.get("data")), str(m.get("method")), Path(str(m.get("model"))).name] + detail_cells(m))
+    return markdown_table(header, body)
+
+
+def eval_traces(eval_dir: str | Path, ids: Sequence[str] = (), k: int = 2) -> str:
+    """Readable traces from an eval's samples.jsonl: the given ids, or k alternating right/wrong (searching first)."""
+    path = Path(eval_dir) / "samples.jsonl"
+    samples = read_jsonl_tolerant(path)
+    if not samples:
+        raise DataError(f"{path}: no samples (has `medr1 eval --out {eval_dir}` run?)")
+    if ids:
+        by_id = {str(s.get("id")): s for s in samples}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise DataError(f"{path}: no sample with id {', '.join(missing)}")
+        chosen = [by_id[i] for i in ids]
+    else:
+        chosen = select_exemplars(samples, k)
+    return "\n\n".join(trace_markdown(s, f"{s.get('method')}, {Path(str(eval_dir)).name}") for s in chosen)
 
 
 @dataclass(frozen=True)
@@ -796,7 +833,6 @@ def build_report(run_dir: str | Path, exemplars: int = 4) -> dict[str, Any]:
     """Write report.md, report.html and report_files/*.png into `run_dir`; returns their paths."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        from medr1.errors import DataError
 
         raise DataError(f"{run_dir}: not a run directory")
     art = load_artifacts(run_dir)

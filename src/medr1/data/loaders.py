@@ -22,7 +22,7 @@ from typing import Any
 
 from medr1.data.schema import LETTERS, Question
 from medr1.errors import DataError
-from medr1.io import SkipLog
+from medr1.io import SkipLog, jsonl_records
 
 # Reasons under which skipped records are counted (shown by `medr1 data show --skip-bad`).
 R_JSON = "invalid JSON"
@@ -117,25 +117,9 @@ def read_json_file(path: Path) -> Any:
 def iter_json_lines(path: Path) -> Iterator[tuple[str, int, dict | RecordError]]:
     """(where, line number, object or the RecordError for that line). Unlike io.iter_jsonl it goes on past a bad
     line, so that `--skip-bad` can count it and continue."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield where, lineno, RecordError(where, f"not valid UTF-8 ({exc.reason})", R_JSON)
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, lineno, RecordError(where, f"invalid JSON ({exc.msg} at column {exc.colno})", R_JSON)
-                continue
-            if not isinstance(obj, dict):
-                yield where, lineno, RecordError(where, f"expected a JSON object, got {type(obj).__name__}", R_JSON)
-                continue
-            yield where, lineno, obj
+    for lineno, obj in jsonl_records(path):
+        where = f"{path}:{lineno}"
+        yield where, lineno, RecordError(where, obj, R_JSON) if isinstance(obj, str) else obj
 
 
 def guarded(

@@ -27,19 +27,24 @@ from medr1.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 
 TINY_MODEL = "tiny-random-llama"
 _SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-_CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+_CHATML = (  # SmolLM2's ChatML, including continue_final_message (prefilled assistant turns)
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% if not (loop.last and continue_final_message) %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 # Text the tiny tokenizer's merges are learned from: the tag protocol and prompt vocabulary, so traces tokenize
-# into a few hundred tokens rather than thousands of bytes.
+# into a few hundred tokens rather than thousands of bytes; tags split into "<", "search", ">" as in SmolLM2.
 _TINY_CORPUS = (
     "<think>The findings suggest a syndrome; I should check.</think>\n<search>tall stature lens dislocation</search>\n"
     "<information>\nDoc 1 (Title: Marfan syndrome) Tall stature, arachnodactyly, ectopia lentis\n</information>\n"
-    "<answer>B</answer> Question: A 12-year-old girl presents with seizures, intellectual disability and fever. "
-    "Which is the most likely diagnosis? Options:\nA. Disease\nB. Syndrome\nC. Deficiency\nD. Dysplasia\n"
-    "Think step by step inside, then give the final answer as LETTER with LETTER one of A, B, C, D. "
-    "You are a medical diagnostician. Reason inside. To look something up, write query; results come back."
+    "<answer>B</answer> <answer>A</answer> <answer>C</answer> <answer>D</answer> Question: A 12-year-old girl "
+    "presents with seizures, intellectual disability and fever. Which is the most likely diagnosis? Options:\n"
+    "A. Disease\nB. Syndrome\nC. Deficiency\nD. Dysplasia\nThink step by step inside, then give the final answer as "
+    "LETTER with LETTER one of A, B, C, D. You are a medical diagnostician. Reason inside. To look something up, "
+    "write query; results come back. Frequent: hypotonia. Occasional: cataract. Onset: childhood. "
+    "Inheritance: autosomal recessive."
 )
 
 
@@ -58,24 +63,27 @@ def tiny_tokenizer() -> Any:
         show_progress=False,
     )
     tok.train_from_iterator([_TINY_CORPUS] * 4, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
     fast.chat_template = _CHATML
     return fast
 
 
-def tiny_random_llama(seed: int = 0) -> tuple[Any, Any]:
-    """(model, tokenizer): a 2-layer, 64-wide random Llama over `tiny_tokenizer()`, seeded."""
+def tiny_random_llama(seed: int = 0, hidden: int = 64, layers: int = 2,
+                      initializer_range: float = 0.02) -> tuple[Any, Any]:
+    """(model, tokenizer): a small random Llama (2 layers, 64 wide by default) over `tiny_tokenizer()`, seeded.
+
+    A larger `initializer_range` (the tests use 0.2) gives sharper random logits, so greedy text varies.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
@@ -83,6 +91,7 @@ def tiny_random_llama(seed: int = 0) -> tuple[Any, Any]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
