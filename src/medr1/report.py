@@ -397,6 +397,7 @@ def plot_panels(curves: dict[str, Sequence[dict[str, Any]]], panels: Sequence[tu
     """A PNG with one subplot per panel and one line per training run; None when no panel has any data."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not any(series(recs, keys)[0] for recs in curves.values() for _, keys in panels):
         return None
@@ -415,6 +416,7 @@ def plot_panels(curves: dict[str, Sequence[dict[str, Any]]], panels: Sequence[tu
                 drawn = True
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if drawn:
             ax.legend(fontsize=8)
@@ -624,7 +626,7 @@ def timing_rows(art: RunArtifacts) -> list[tuple[str, str, str]]:
         rows.append((stage, status, f"{seconds:.1f}" if _num(seconds) is not None else "n/a"))
     total = _num(art.run_summary.get("total_seconds"))
     if rows and total is not None:
-        rows.append(("total (last invocation)", "finished" if art.run_summary.get("finished_at") else "in progress",
+        rows.append(("total (last invocation)", "finished" if art.run_summary.get("finished_at") else "running when this report was written",
                      f"{total:.1f}"))
     return rows
 
