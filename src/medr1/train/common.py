@@ -323,3 +323,33 @@ def start_run(cfg: Any, trl_args: Callable[[Any], Any], stage: str, resume: bool
     checkpoint = prepare_output_dir(cfg.output_dir, resume)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     return checkpoint, load_for_training(cfg.model, cfg.device, cfg.dtype, cfg.seed)
+
+
+def trainer_args(cfg: Any) -> dict[str, Any]:
+    """The TRL/transformers training arguments SFT and GRPO share, from their flat configs (same field names)."""
+    return dict(
+        output_dir=cfg.output_dir,
+        learning_rate=cfg.learning_rate,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        bf16=cfg.bf16,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        use_cpu=cfg.device == "cpu",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=["tensorboard"] if tensorboard_available() else [],
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def peft_config(cfg: Any) -> Any:
+    """The LoRA config of an SFT or GRPO config, or None for full fine-tuning."""
+    return lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules) if cfg.lora else None

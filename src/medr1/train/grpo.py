@@ -397,7 +397,7 @@ def trl_args(cfg: GRPOConfig) -> Any:
     per_step = cfg.prompts_per_step * cfg.num_generations
     micro = cfg.micro_batch_size or per_step
     return TrlGRPOConfig(
-        output_dir=cfg.output_dir,
+        **common.trainer_args(cfg),
         num_generations=cfg.num_generations,
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps * (per_step // micro),
@@ -411,36 +411,14 @@ def trl_args(cfg: GRPOConfig) -> Any:
         num_iterations=cfg.num_iterations,
         mask_truncated_completions=cfg.mask_truncated_completions,
         reward_weights=list(cfg.reward_weights),
-        learning_rate=cfg.learning_rate,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
         use_vllm=cfg.use_vllm,
         vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
         # with vLLM our rollout returns vLLM's token logprobs, so TRL can correct the sampler/trainer mismatch
         vllm_importance_sampling_correction=cfg.use_vllm,
-        bf16=cfg.bf16,
-        activation_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=cfg.device == "cpu",
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
         log_completions=cfg.log_completions,
-        report_to=["tensorboard"] if common.tensorboard_available() else [],
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
     )
-
-
-def peft_config(cfg: GRPOConfig) -> Any:
-    return common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules) if cfg.lora else None
 
 
 def reward_funcs(cfg: GRPOConfig) -> list[Callable[..., list[float | None]]]:
@@ -490,7 +468,7 @@ def build_trainer(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=loaded.tokenizer,
-        peft_config=peft_config(cfg),
+        peft_config=common.peft_config(cfg),
         rollout_func=make_rollout_func(loaded, retriever, rollout_config(cfg), stats, rollout_fn),
         callbacks=[
             common.metrics_callback(Path(cfg.output_dir) / "metrics.jsonl", METRIC_ALIASES, stats.pop),
@@ -541,7 +519,7 @@ def run_grpo(
         }
         if note:
             plan["note"] = note
-        plan["peft"] = repr(peft_config(cfg)) if cfg.lora else None
+        plan["peft"] = repr(common.peft_config(cfg)) if cfg.lora else None
         plan["seconds"] = round(time.perf_counter() - started, 2)
         return plan
 

@@ -388,36 +388,14 @@ def trl_args(cfg: SFTConfig) -> Any:
     from trl import SFTConfig as TrlSFTConfig
 
     return TrlSFTConfig(
-        output_dir=cfg.output_dir,
+        **common.trainer_args(cfg),
         max_length=cfg.max_length,
         packing=False,
-        learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        warmup_steps=cfg.warmup,
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        bf16=cfg.bf16,
-        activation_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=cfg.device == "cpu",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=["tensorboard"] if common.tensorboard_available() else [],
-        dataloader_num_workers=0,
         dataset_num_proc=None,
-        disable_tqdm=False,
     )
-
-
-def peft_config(cfg: SFTConfig) -> Any:
-    return common.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules) if cfg.lora else None
 
 
 def load_tokenizer_only(name: str) -> tuple[Any | None, str]:
@@ -459,7 +437,7 @@ def run_sft(cfg: SFTConfig, dry_run: bool = False, resume: bool = False, retriev
         plan["trl_args"] = common.args_summary(args) | {"bf16": cfg.bf16}
         if note:
             plan["note"] = note
-        plan["peft"] = repr(peft_config(cfg)) if cfg.lora else None
+        plan["peft"] = repr(common.peft_config(cfg)) if cfg.lora else None
         plan["seconds"] = round(time.perf_counter() - started, 2)
         return plan
 
@@ -481,7 +459,7 @@ def build_trainer(cfg: SFTConfig, loaded: Any, rows: list[dict]) -> Any:
         args=trl_args(cfg),
         train_dataset=dataset,
         processing_class=loaded.tokenizer,
-        peft_config=peft_config(cfg),
+        peft_config=common.peft_config(cfg),
         callbacks=[
             common.metrics_callback(Path(cfg.output_dir) / "metrics.jsonl", {"token_accuracy": "mean_token_accuracy"}),
             common.spec_marker_callback(loaded.spec.name),
