@@ -351,3 +351,12 @@ def test_series_skips_records_without_the_metric() -> None:
     records = [{"step": 1, "reward": 0.5}, {"step": 2}, {"step": 3, "reward_mean": 0.7, "reward": 0.1},
                {"step": 4, "reward": float("nan")}]
     assert rp.series(records, ("reward_mean", "reward")) == ([1.0, 3.0], [0.5, 0.7])
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("jsonl:/a/b/test.jsonl", "jsonl:test.jsonl"), ("mirage:medqa@/x/benchmark.json", "mirage:medqa"),
+    ("/runs/q/sft/final", "sft/final"), ("/x/y/checkpoint-4", "y/checkpoint-4"), ("hpo-dx:test", "hpo-dx:test"),
+    ("smollm2-135m", "smollm2-135m"), (None, "-"),
+])
+def test_short_path_for_eval_tables(value, expected) -> None:
+    assert rp._short_path(value) == expected

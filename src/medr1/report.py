@@ -258,8 +258,22 @@ def eval_table(eval_dirs: Sequence[str | Path]) -> str:
         m = _read_json(path)
         if not isinstance(m, dict):
             raise DataError(f"{path}: unreadable or not a JSON object of metrics")
-        body.append([str(m.get("data")), str(m.get("method")), Path(str(m.get("model"))).name] + detail_cells(m))
+        body.append([_short_path(m.get("data")), str(m.get("method")), _short_path(m.get("model"))] + detail_cells(m))
     return markdown_table(header, body)
+
+
+def _short_path(value: Any) -> str:
+    """`jsonl:/a/b/test.jsonl` -> `jsonl:test.jsonl`, `mirage:medqa@/x.json` -> `mirage:medqa`, `/runs/q/sft/final`
+    -> `sft/final`; None -> `-`."""
+    if value is None:
+        return "-"
+    text = str(value)
+    kind, sep, arg = text.partition(":") if ":" in text else ("", "", text)
+    arg = arg.split("@", 1)[0]
+    if "/" in arg:
+        parts = Path(arg).parts
+        arg = "/".join(parts[-2:]) if parts[-1] in ("final", "model") or parts[-1].startswith("checkpoint-") else parts[-1]
+    return f"{kind}{sep}{arg}"
 
 
 def eval_traces(eval_dir: str | Path, ids: Sequence[str] = (), k: int = 2) -> str:
