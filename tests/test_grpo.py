@@ -177,6 +177,20 @@ def test_no_retrieval_arm_uses_cot_and_no_retriever(tmp_path, data_spec):
     assert rcfg.max_new_tokens_per_turn == min(cfg.max_total_tokens, cfg.max_turns * cfg.max_new_tokens_per_turn)
 
 
+def test_training_rows_do_not_depend_on_where_the_data_lives(tmp_path):
+    """The same questions under two run directories give the same rows in the same order (seed and ids only)."""
+    specs = []
+    for run in ("run-a", "run-b/deeper"):
+        path = tmp_path / run / "train.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps(question(i).to_dict()) + "\n" for i in range(12)))
+        specs.append(f"jsonl:{path}")
+    rows = [grpo.build_rows(tiny_cfg(tmp_path, spec, train_limit=5))[0] for spec in specs]
+    assert [r["prompt"] for r in rows[0]] == [r["prompt"] for r in rows[1]] and len(rows[0]) == 5
+    other_seed = grpo.build_rows(tiny_cfg(tmp_path, specs[0], train_limit=5, seed=1))[0]
+    assert [r["prompt"] for r in other_seed] != [r["prompt"] for r in rows[0]]
+
+
 def test_config_validation():
     from medr1.errors import ConfigError
 

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,12 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 def stable_hash(text: str) -> int:
     """A process-independent 64-bit hash (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def seeded_order(items: Iterable[Any], seed: int, key: Callable[[Any], str]) -> list[Any]:
+    """The items in a seeded pseudo-random order that depends only on the seed and each item's key (e.g. a question
+    id): the same records give the same order whatever file, directory or run they were read from."""
+    return sorted(items, key=lambda item: stable_hash(f"{seed}:{key(item)}"))
 
 
 class SkipLog:

@@ -169,16 +169,15 @@ def prompt_row(question: Question, method: str) -> dict[str, Any]:
 
 def build_rows(cfg: GRPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Prompt rows from `train_data` (test splits excluded and counted) and a per-source report."""
-    import random
-
     from medr1.data.sources import load_questions
+    from medr1.io import seeded_order
 
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
     for spec in cfg.train_data:
         result = load_questions(spec, skip_bad=cfg.skip_bad)
         kept = [q for q in result.questions if q.split not in cfg.exclude_splits]
-        random.Random(f"{cfg.seed}:{spec}").shuffle(kept)
+        kept = seeded_order(kept, cfg.seed, key=lambda q: q.id)  # the same rows whatever path the data is read from
         used = kept[: cfg.train_limit] if cfg.train_limit is not None else kept
         report[spec] = {
             "loaded": len(result.questions),

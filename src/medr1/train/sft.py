@@ -31,7 +31,7 @@ from medr1 import tags
 from medr1.config import config_dict
 from medr1.data.schema import Question
 from medr1.errors import ConfigError, DataError
-from medr1.io import atomic_write_json
+from medr1.io import atomic_write_json, seeded_order
 from medr1.train import common
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -241,8 +241,7 @@ def _load(spec: str, cfg: SFTConfig, report: dict[str, Any]) -> list[Question]:
     if result.skips.total:
         entry["skipped_bad"] = result.skips.total
         print(f"medr1: {spec}: {result.skips.summary()}", file=sys.stderr)
-    random.Random(f"{cfg.seed}:{spec}").shuffle(kept)
-    return kept
+    return seeded_order(kept, cfg.seed, key=lambda q: q.id)  # not keyed by the spec: a run's path must not matter
 
 
 def build_examples(cfg: SFTConfig, retriever: Any = None) -> tuple[list[SFTExample], dict[str, Any]]:
