@@ -42,8 +42,8 @@ class ScriptedLLM:
         self.messages.append(messages)
         return [len(self.messages) - 1]
 
-    def generate(self, loaded, prompts, retriever, rcfg, backend=None):
-        self.calls.append({"n": len(prompts), "retriever": retriever, "cfg": rcfg})
+    def generate(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0):
+        self.calls.append({"n": len(prompts), "retriever": retriever, "cfg": rcfg, "seed_offset": seed_offset})
         out = []
         for (pid,) in prompts:
             content = self.messages[pid][0]["content"]
@@ -128,7 +128,7 @@ def test_resume_continues_after_last_sample_and_drops_a_torn_line(tmp_path, ques
         fh.write('{"id": "q3", "trunc')  # a writer killed mid-line
     metrics = ev.run_eval(_cfg(tmp_path, limit=4), questions=questions, loaded=object(), progress=False)
     assert len(llm.calls) == 2 and llm.calls[1]["n"] == 2  # only q3, q4 were generated
-    assert [c["cfg"].seed for c in llm.calls] == [0, 2]  # seed + index of the chunk's first question
+    assert [(c["cfg"].seed, c["seed_offset"]) for c in llm.calls] == [(0, 0), (0, 2)]  # seeds follow positions
     assert [s["id"] for s in _samples(_cfg(tmp_path))] == ["q1", "q2", "q3", "q4"]
     assert metrics["n"] == 4 and metrics["resumed_from"] == 2
     again = ev.run_eval(_cfg(tmp_path, limit=4), questions=questions, loaded=None, progress=False)
@@ -320,13 +320,15 @@ def test_render_trace_marks_right_and_wrong() -> None:
 # --- end to end with a tiny random Llama and the real rollout engine ---------------------------------------------------
 
 
-def test_tiny_llama_end_to_end_self_ask_and_resume(tmp_path, bm25, tiny_llama) -> None:
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_tiny_llama_end_to_end_self_ask_and_resume(tmp_path, bm25, tiny_llama, temperature) -> None:
+    """A run interrupted after one question and resumed equals an uninterrupted run, greedy or sampled."""
     from medr1.rollout import FINISH_REASONS
 
     loaded = tiny_llama
     qs = load_fixture_questions()
     budgets = {"max_turns": 3, "max_new_tokens_per_turn": 12, "max_total_tokens": 96, "max_info_tokens": 48,
-               "batch_size": 2}
+               "batch_size": 2, "temperature": temperature}
     whole = _cfg(tmp_path / "whole", method="self-ask", **budgets)
     metrics = ev.run_eval(whole, questions=qs, loaded=loaded, retriever=bm25, progress=False)
     samples = _samples(whole)

@@ -30,9 +30,9 @@ cores, OpenMP barriers made SmolLM2 decoding about 10x slower in our measurement
 
 Resuming: a re-run with the same config (any `limit`) continues after the last complete sample; a different
 config in the same `out` is refused (use a new `out` or `force=True` / `--force`, which starts over). Sampling is
-seeded per chunk from `seed` + the chunk's first question index, so every run is reproducible; with greedy
-decoding (temperature 0, the default) a resumed run equals an uninterrupted one, while with sampling a resumed
-chunk boundary draws different (still deterministic) samples.
+seeded per question from `seed` and the question's position in the run (and per turn), so every run is
+reproducible and a resumed run draws the same samples as an uninterrupted one (up to float rounding across batch
+compositions), with greedy decoding (the default) or with sampling.
 """
 
 from __future__ import annotations
@@ -244,10 +244,10 @@ def rollout_config(cfg: EvalConfig, seed: int, single_turn: bool) -> Any:
 
 
 def _generate(loaded: Any, prompts: list[list[int]], retriever: Retriever | None, rcfg: Any,
-              backend: Any = None) -> list[Any]:
+              backend: Any = None, seed_offset: int = 0) -> list[Any]:
     from medr1.rollout import run_rollouts
 
-    return run_rollouts(loaded, prompts, retriever, rcfg, backend=backend)
+    return run_rollouts(loaded, prompts, retriever, rcfg, backend=backend, seed_offset=seed_offset)
 
 
 def _make_backend(loaded: Any, kind: str) -> Any:
@@ -263,8 +263,11 @@ def _prompt_ids(loaded: Any, messages: list[dict]) -> list[int]:
 
 
 def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retriever: Retriever | None,
-              seed: int, backend: Any = None) -> list[dict]:
-    """One batch of an LLM method: prompts, (rag: retrieval first), rollouts, per-question records."""
+              seed: int, backend: Any = None, first: int = 0) -> list[dict]:
+    """One batch of an LLM method: prompts, (rag: retrieval first), rollouts, per-question records.
+
+    `first` is the position of the batch's first question in the whole run: sampling seeds follow positions, so a
+    resumed run draws what an uninterrupted one would."""
     start = time.perf_counter()
     hits: list[list[Hit]] = [[] for _ in questions]
     rag_error = None
@@ -276,7 +279,8 @@ def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retri
         for q, h in zip(questions, hits)
     ]
     in_loop = retriever if cfg.method == "self-ask" else None
-    trajectories = _generate(loaded, prompts, in_loop, rollout_config(cfg, seed, single_turn=in_loop is None), backend)
+    trajectories = _generate(loaded, prompts, in_loop, rollout_config(cfg, seed, single_turn=in_loop is None), backend,
+                             seed_offset=first)
     per_question = (time.perf_counter() - start) / max(1, len(questions))
     records = []
     for q, h, traj in zip(questions, hits, trajectories):
@@ -468,7 +472,7 @@ def run_eval(cfg: EvalConfig, *, force: bool = False, questions: Sequence[Questi
             if ranker is not None:
                 records = ranker_batch(batch, ranker)
             else:
-                records = llm_batch(batch, cfg, loaded, retriever, seed=cfg.seed + first, backend=backend)
+                records = llm_batch(batch, cfg, loaded, retriever, seed=cfg.seed, backend=backend, first=first)
             for rec in records:
                 append_jsonl(samples_path, rec)
             done.extend(records)

@@ -243,6 +243,7 @@ def run_rollouts(
     cfg: RolloutConfig,
     backend: GenerationBackend | None = None,
     progress: bool = False,
+    seed_offset: int = 0,
 ) -> list[Trajectory]:
     """Roll out every prompt (token ids); returns trajectories in prompt order. See the module docstring.
 
@@ -256,7 +257,7 @@ def run_rollouts(
     backend = backend if backend is not None else HFBackend.from_loaded(loaded)
     multi_turn = retriever is not None and cfg.max_turns > 1
     stops = tags.STOP_STRINGS if multi_turn else (tags.ANSWER_CLOSE,)
-    loop = _Loop(cfg, retriever, InfoBuilder(tokenizer, cfg.max_info_tokens), tokenizer)
+    loop = _Loop(cfg, retriever, InfoBuilder(tokenizer, cfg.max_info_tokens), tokenizer, seed_offset)
     trajs = [Trajectory(prompt_ids=list(map(int, p)), index=i) for i, p in enumerate(prompts)]
     bar = tqdm(total=len(trajs), desc="rollouts", unit="traj", file=sys.stderr, disable=not progress)
     backend.reset()  # a prefix cache from an earlier call may hold KV of older weights
@@ -276,14 +277,16 @@ def run_rollouts(
 class _Loop:
     """The scheduling around the per-trajectory state machine (`_apply_generation`, `_apply_search`)."""
 
-    def __init__(self, cfg: RolloutConfig, retriever: Retriever | None, info: InfoBuilder, tokenizer: Any):
+    def __init__(self, cfg: RolloutConfig, retriever: Retriever | None, info: InfoBuilder, tokenizer: Any,
+                 seed_offset: int = 0):
         self.cfg, self.retriever, self.info, self.tokenizer = cfg, retriever, info, tokenizer
+        self.seed_offset = seed_offset
 
     def budget(self, t: Trajectory) -> int:
         return min(self.cfg.max_new_tokens_per_turn, self.cfg.max_total_tokens - len(t.token_ids))
 
     def seed(self, t: Trajectory) -> int:
-        return turn_seed(self.cfg.seed, t.index, t.turns)
+        return turn_seed(self.cfg.seed, self.seed_offset + t.index, t.turns)
 
     def sampling(self, seeds: tuple[int, ...] | None = None) -> SamplingParams:
         return SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, seeds=seeds)
