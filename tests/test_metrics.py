@@ -166,6 +166,16 @@ def test_aggregate_counts_everything() -> None:
     assert m["finish_reasons"] == {"answer": 3, "budget": 1}
     assert m["n_with_explanation"] == 2
     assert 0.0 < m["rouge_l"] <= 1.0 and m["bleu"] is not None
+    assert m["chance_accuracy"] is None and m["predictions"] == {"unparseable": 4}
+
+
+def test_aggregate_prediction_counts_and_chance() -> None:
+    four, five = {k: k for k in "ABCD"}, {k: k for k in "ABCDE"}
+    samples = [_sample(prediction="D", options=four), _sample(prediction="D", options=four),
+               _sample(prediction=None, parsed=False, options=five), _sample(prediction="A", options=five)]
+    m = aggregate(samples)
+    assert m["predictions"] == {"A": 1, "D": 2, "unparseable": 1}
+    assert m["chance_accuracy"] == (0.25 + 0.25 + 0.2 + 0.2) / 4
 
 
 def test_aggregate_without_retrieval_or_explanations() -> None:

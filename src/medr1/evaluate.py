@@ -635,7 +635,7 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     def fmt(key: str, value: Any) -> str:
         if value is None:
             return "n/a"
-        if key in ("accuracy", "unparseable_rate", "gold_hit_rate", "rouge_l"):
+        if key in ("accuracy", "unparseable_rate", "gold_hit_rate", "rouge_l", "chance_accuracy"):
             return f"{100 * value:.1f}%" if key != "rouge_l" else f"{value:.3f}"
         if isinstance(value, float):
             return f"{value:.2f}" if key == "bleu" else f"{value:.4g}"
@@ -648,7 +648,7 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     interval = (f"{fmt('accuracy', acc)}  [95% CI {100 * metrics['ci_low']:.1f}-{100 * metrics['ci_high']:.1f}%]"
                 if acc is not None else "n/a")
     rows.append(("accuracy", interval))
-    for key in ("n", "unparseable_rate", "gold_hit_rate", "searches_per_question", "generated_tokens_mean",
+    for key in ("n", "chance_accuracy", "predictions", "unparseable_rate", "gold_hit_rate", "searches_per_question", "generated_tokens_mean",
                 "seconds_per_question", "bleu", "rouge_l", "n_with_explanation", "tool_errors", "finish_reasons"):
         rows.append((key, fmt(key, metrics.get(key))))
     width = max(len(k) for k, _ in rows)

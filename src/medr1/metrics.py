@@ -199,7 +199,7 @@ def _mean(values: list[float]) -> float | None:
 def aggregate(samples: Sequence[dict[str, Any]], uses_retrieval: bool = True, text_metrics: bool = True) -> dict[str, Any]:
     """Metrics over per-question records (the fields `medr1.evaluate` writes to samples.jsonl).
 
-    Rates are fractions (0-1). `gold_hit_rate` is over questions with gold document ids, and None when there are
+    Rates are fractions (0-1); `chance_accuracy` is the mean of 1/(number of options), what guessing scores. `gold_hit_rate` is over questions with gold document ids, and None when there are
     none or the method does not retrieve; `bleu`/`rouge_l` are None when no question has an explanation or the
     method writes no reasoning (`text_metrics=False`, the bm25-ranker).
     """
@@ -228,4 +228,7 @@ def aggregate(samples: Sequence[dict[str, Any]], uses_retrieval: bool = True, te
         "seconds_per_question": _mean([float(s.get("seconds") or 0.0) for s in samples]),
         "tool_errors": sum(_count(s.get("tool_errors")) for s in samples),
         "finish_reasons": dict(sorted(Counter(str(s.get("finish_reason")) for s in samples).items())),
+        # position bias shows here: a small model that always answers "D" scores the share of D golds
+        "predictions": dict(sorted(Counter(str(s.get("prediction") or "unparseable") for s in samples).items())),
+        "chance_accuracy": _mean([1.0 / len(s["options"]) for s in samples if s.get("options")]),
     }

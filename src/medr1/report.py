@@ -212,7 +212,8 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[Sequence[str] 
 
 
 DETAIL_KEYS = (
-    ("n", "n"), ("accuracy", "accuracy"), ("unparseable_rate", "unparseable"), ("gold_hit_rate", "gold-doc hit"),
+    ("n", "n"), ("accuracy", "accuracy"), ("chance_accuracy", "chance"), ("predictions", "top answer"),
+    ("unparseable_rate", "unparseable"), ("gold_hit_rate", "gold-doc hit"),
     ("searches_per_question", "searches/q"), ("generated_tokens_mean", "tokens/q"),
     ("seconds_per_question", "s/q"), ("tool_errors", "tool errors"),
 )
@@ -238,13 +239,23 @@ def detail_cells(m: dict[str, Any]) -> list[str]:
         v = m.get(key)
         if key == "accuracy":
             cells.append(accuracy_text(m))
-        elif key in ("unparseable_rate", "gold_hit_rate"):
+        elif key == "predictions":
+            cells.append(top_answer(v))
+        elif key in ("unparseable_rate", "gold_hit_rate", "chance_accuracy"):
             cells.append(f"{100 * v:.1f}%" if _num(v) is not None else "n/a")
         elif _num(v) is not None and not isinstance(v, int):
             cells.append(f"{v:.2f}")
         else:
             cells.append("n/a" if v is None else str(v))
     return cells
+
+
+def top_answer(predictions: Any) -> str:
+    """`D 63%`: the most frequent prediction and its share (a position bias shows as a share far above 1/k)."""
+    if not isinstance(predictions, dict) or not predictions:
+        return "n/a"
+    letter, count = max(predictions.items(), key=lambda kv: kv[1])
+    return f"{letter} {100 * count / sum(predictions.values()):.0f}%"
 
 
 def eval_table(eval_dirs: Sequence[str | Path]) -> str:
