@@ -223,7 +223,7 @@ def test_report_command(tmp_path) -> None:
 def _eval_dir(path: Path, correct: int, n: int, method: str, samples=()) -> Path:
     _write_json(path / "metrics.json", dict(metrics_for(correct, n), method=method, data="hpo-dx:test",
                                             model="/home/u/.cache/medr1/models/smollm2-135m", chance_accuracy=0.25,
-                                            predictions={"A": 10, "D": 60, "unparseable": 30}))
+                                            predictions={"A": 10, "D": 30, "unparseable": 60}))
     if samples:
         _write_jsonl(path / "samples.jsonl", samples)
     return path
@@ -244,7 +244,7 @@ def test_table_and_trace_commands_on_standalone_evals(tmp_path) -> None:
     lines = out.read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("| dataset | method | model | n | accuracy | chance | top answer | unparseable |")
     assert len(lines) == 4
-    assert lines[2].startswith("| hpo-dx:test | cot | smollm2-135m | 100 | 30.0% [21.9–39.6] | 25.0% | D 60% | 5.0% |")
+    assert lines[2].startswith("| hpo-dx:test | cot | smollm2-135m | 100 | 30.0% [21.9–39.6] | 25.0% | D 30% | 5.0% |")
     assert lines[3].startswith("| hpo-dx:test | self-ask | smollm2-135m | 100 | 45.0% [35.6–54.8] |")
 
     traces = CliRunner().invoke(app, ["trace", str(sa), "-k", "2"])

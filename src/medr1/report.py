@@ -252,9 +252,10 @@ def detail_cells(m: dict[str, Any]) -> list[str]:
 
 def top_answer(predictions: Any) -> str:
     """`D 63%`: the most frequent prediction and its share (a position bias shows as a share far above 1/k)."""
-    if not isinstance(predictions, dict) or not predictions:
+    answers = {k: v for k, v in predictions.items() if k != "unparseable"} if isinstance(predictions, dict) else {}
+    if not answers:
         return "n/a"
-    letter, count = max(predictions.items(), key=lambda kv: kv[1])
+    letter, count = max(answers.items(), key=lambda kv: kv[1])
     return f"{letter} {100 * count / sum(predictions.values()):.0f}%"
 
 
