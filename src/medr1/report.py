@@ -652,8 +652,8 @@ def timing_rows(art: RunArtifacts) -> list[tuple[str, str, str]]:
         rows.append((stage, status, f"{seconds:.1f}" if _num(seconds) is not None else "n/a"))
     total = _num(art.run_summary.get("total_seconds"))
     if rows and total is not None:
-        rows.append(("total (last invocation)", "finished" if art.run_summary.get("finished_at") else "running when this report was written",
-                     f"{total:.1f}"))
+        state = "finished" if art.run_summary.get("finished_at") else "running when this report was written"
+        rows.append(("total (last invocation)", state, f"{total:.1f}"))
     return rows
 
 
