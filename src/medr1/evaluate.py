@@ -648,8 +648,9 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     interval = (f"{fmt('accuracy', acc)}  [95% CI {100 * metrics['ci_low']:.1f}-{100 * metrics['ci_high']:.1f}%]"
                 if acc is not None else "n/a")
     rows.append(("accuracy", interval))
-    for key in ("n", "chance_accuracy", "predictions", "unparseable_rate", "gold_hit_rate", "searches_per_question", "generated_tokens_mean",
-                "seconds_per_question", "bleu", "rouge_l", "n_with_explanation", "tool_errors", "finish_reasons"):
+    for key in ("n", "chance_accuracy", "predictions", "unparseable_rate", "gold_hit_rate", "searches_per_question",
+                "generated_tokens_mean", "seconds_per_question", "bleu", "rouge_l", "n_with_explanation", "tool_errors",
+                "finish_reasons"):
         rows.append((key, fmt(key, metrics.get(key))))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -199,9 +199,10 @@ def _mean(values: list[float]) -> float | None:
 def aggregate(samples: Sequence[dict[str, Any]], uses_retrieval: bool = True, text_metrics: bool = True) -> dict[str, Any]:
     """Metrics over per-question records (the fields `medr1.evaluate` writes to samples.jsonl).
 
-    Rates are fractions (0-1); `chance_accuracy` is the mean of 1/(number of options), what guessing scores. `gold_hit_rate` is over questions with gold document ids, and None when there are
-    none or the method does not retrieve; `bleu`/`rouge_l` are None when no question has an explanation or the
-    method writes no reasoning (`text_metrics=False`, the bm25-ranker).
+    Rates are fractions (0-1); `chance_accuracy` is the mean of 1/(number of options), what guessing scores.
+    `gold_hit_rate` is over questions with gold document ids, and None when there are none or the method does not
+    retrieve; `bleu`/`rouge_l` are None when no question has an explanation or the method writes no reasoning
+    (`text_metrics=False`, the bm25-ranker).
     """
     n = len(samples)
     correct = sum(bool(s.get("correct")) for s in samples)

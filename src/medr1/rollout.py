@@ -250,6 +250,7 @@ def run_rollouts(
     With a backend that can `open()` a decode batch (HFBackend), scheduling is continuous: a trajectory that
     finished its turn leaves the batch, and a continuing or new one joins at the next step, so the batch stays full.
     Other backends (vLLM, scripted) run in lockstep turns: one `generate()` call per turn for the active ones.
+    Prompt i samples with the seed of position `seed_offset + i` (callers working in chunks pass the chunk's start).
     """
     from tqdm import tqdm
 
