@@ -265,6 +265,19 @@ def args_summary(args: Any) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys if hasattr(args, k)}
 
 
+def finish_dry_run(plan: dict[str, Any], factory: Callable[[Any], Any], cfg: Any, stage: str, started: float,
+                   extra: Callable[[Any], dict[str, Any]] = lambda args: {}) -> dict[str, Any]:
+    """The end of an SFT or GRPO dry-run plan: the checked TRL args (summary, the configured bf16, `extra(args)`),
+    the note when bf16 could not be checked here, the LoRA config and the elapsed seconds."""
+    args, note = build_trl_args(factory, cfg, stage, dry_run=True)
+    plan["trl_args"] = args_summary(args) | {"bf16": cfg.bf16} | extra(args)
+    if note:
+        plan["note"] = note
+    plan["peft"] = repr(peft_config(cfg)) if cfg.lora else None
+    plan["seconds"] = round(time.perf_counter() - started, 2)
+    return plan
+
+
 def build_trl_args(factory: Callable[[Any], Any], cfg: Any, stage: str, dry_run: bool = False) -> tuple[Any, str | None]:
     """(TRL args, note). TRL/transformers errors become ConfigErrors; in a dry run on a machine without a GPU, a
     GPU-only setting (bf16) is checked with it off and reported in the note instead of failing the plan."""

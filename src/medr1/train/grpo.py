@@ -507,20 +507,13 @@ def run_grpo(
         if retriever is not None:
             hits = retriever.search([rows[0]["prompt"][-1]["content"][-200:]], cfg.topk)[0]
             plan["retrieval_check"] = [h.doc.title for h in hits]
-        args, note = common.build_trl_args(trl_args, cfg, "grpo", dry_run=True)
-        plan["trl_args"] = common.args_summary(args) | {
-            "bf16": cfg.bf16,
+        return common.finish_dry_run(plan, trl_args, cfg, "grpo", started, lambda args: {
             "num_generations": cfg.num_generations,
             "generation_batch_size": args.generation_batch_size,
             "beta": cfg.beta,
             "use_vllm": cfg.use_vllm,
             "vllm_mode": cfg.vllm_mode if cfg.use_vllm else None,
-        }
-        if note:
-            plan["note"] = note
-        plan["peft"] = repr(common.peft_config(cfg)) if cfg.lora else None
-        plan["seconds"] = round(time.perf_counter() - started, 2)
-        return plan
+        })
 
     checkpoint, loaded = common.start_run(cfg, trl_args, "grpo", resume)
     trainer = build_trainer(cfg, loaded, rows, retriever, rollout_fn)

@@ -432,13 +432,7 @@ def run_sft(cfg: SFTConfig, dry_run: bool = False, resume: bool = False, retriev
         if loaded is not None:
             _, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.max_info_tokens)
         plan["example"] = {"prompt": examples[0].messages[-1]["content"][:400], "target": show_example(examples[0])}
-        args, note = common.build_trl_args(trl_args, cfg, "sft", dry_run=True)
-        plan["trl_args"] = common.args_summary(args) | {"bf16": cfg.bf16}
-        if note:
-            plan["note"] = note
-        plan["peft"] = repr(common.peft_config(cfg)) if cfg.lora else None
-        plan["seconds"] = round(time.perf_counter() - started, 2)
-        return plan
+        return common.finish_dry_run(plan, trl_args, cfg, "sft", started)
 
     checkpoint, loaded = common.start_run(cfg, trl_args, "sft", resume)
     out = Path(cfg.output_dir)
