@@ -15,8 +15,8 @@ from pathlib import Path
 
 
 def make_tiny_tokenizer():
-    """`medr1.train.common.tiny_tokenizer()` with left padding (ChatML tokens and template; any text round-trips)."""
-    from medr1.train.common import tiny_tokenizer
+    """`medr1.models.tiny_tokenizer()` with left padding (ChatML tokens and template; any text round-trips)."""
+    from medr1.models import tiny_tokenizer
 
     tok = tiny_tokenizer()
     tok.padding_side = "left"
@@ -25,7 +25,7 @@ def make_tiny_tokenizer():
 
 def make_tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2):
     """(model, tokenizer): a random LlamaForCausalLM (~0.1M parameters, float32, eval mode) and its tokenizer."""
-    from medr1.train.common import tiny_random_llama
+    from medr1.models import tiny_random_llama
 
     model, tok = tiny_random_llama(seed, hidden, layers, initializer_range=0.2)
     tok.padding_side = "left"

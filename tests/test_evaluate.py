@@ -13,10 +13,12 @@ from types import SimpleNamespace
 import pytest
 
 from medr1 import evaluate as ev
+from medr1 import traces
 from medr1.data.schema import Document, Question
 from medr1.errors import ConfigError, DataError
 from medr1.io import iter_jsonl
 from medr1.retrieval.base import Hit
+from medr1.retrieval.ranker import OptionRanker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
@@ -207,7 +209,7 @@ def test_ranker_with_exact_bm25_scores(tmp_path, bm25) -> None:
 def test_ranker_titles_are_case_and_punctuation_insensitive(bm25) -> None:
     q = Question(id="x", question="skin hyperextensibility atrophic scars", answer="A",
                  options={"A": "ehlers danlos syndrome classic type", "B": "MARFAN SYNDROME"})
-    result = ev.OptionRanker(bm25).rank(q)
+    result = OptionRanker(bm25).rank(q)
     assert result["prediction"] == "A"
     assert result["options"]["A"]["doc_id"] == "OMIM:130000" and result["options"]["A"]["exact"]
 
@@ -226,7 +228,7 @@ def test_ranker_through_search_only_retriever() -> None:
             return out
 
     q = load_fixture_questions()[1]
-    result = ev.OptionRanker(SearchOnly()).rank(q)
+    result = OptionRanker(SearchOnly()).rank(q)
     assert result["prediction"] == "C"
 
 
@@ -236,8 +238,8 @@ def test_ranker_without_any_document_is_unparseable() -> None:
             return [[] for _ in queries]
 
     q = load_fixture_questions()[0]
-    assert ev.OptionRanker(Empty()).rank(q)["prediction"] is None
-    rec = ev.ranker_batch([q], ev.OptionRanker(Empty()))[0]
+    assert OptionRanker(Empty()).rank(q)["prediction"] is None
+    rec = ev.ranker_batch([q], OptionRanker(Empty()))[0]
     assert rec["parsed"] is False and "A: no document" in rec["completion"]
 
 
@@ -267,9 +269,12 @@ def test_ranker_cli_end_to_end(tmp_path) -> None:
 
 def test_config_layers_and_validation(tmp_path) -> None:
     path = tmp_path / "recipe.yaml"
-    path.write_text("eval:\n  method: rag\n  topk: 5\n  out: runs/a\nsft:\n  lr: 1\n")
+    path.write_text("rollout:\n  topk: 5\n  max_turns: 2\neval:\n  method: rag\n  out: runs/a\nsft:\n  lr: 1\n")
     cfg = ev.load_eval_config(path, {"out": "runs/b", "limit": None}, ["topk=2"])
-    assert (cfg.method, cfg.topk, cfg.out, cfg.limit) == ("rag", 2, "runs/b", None)
+    assert (cfg.method, cfg.topk, cfg.max_turns, cfg.out, cfg.limit) == ("rag", 2, 2, "runs/b", None)
+    path.write_text("eval:\n  method: rag\n  topk: 5\n")  # a budget in the eval section of a recipe
+    with pytest.raises(ConfigError, match=r"\['topk'\] belong in the rollout: section"):
+        ev.load_eval_config(path, {"out": "x"})
     with pytest.raises(ConfigError, match="method"):
         ev.load_eval_config(None, {"method": "magic", "out": "x"})
     with pytest.raises(ConfigError, match="'out' is required"):
@@ -300,20 +305,20 @@ def test_ask_free_text_and_render_trace(llm) -> None:
     rec = ev.ask_case("[ask] Recurrent fever and serositis", None, cfg, loaded=object(), retriever=FakeRetriever([]))
     assert rec["prediction"] == "Familial Mediterranean fever" and rec["correct"] is None
     assert "diagnosis name" in llm.messages[-1][0]["content"]
-    text = ev.render_trace(rec)
+    text = traces.render_trace(rec)
     lines = text.splitlines()
     assert lines[0].startswith("Case: [ask] Recurrent fever")
     assert "search 1: recurrent fever serositis" in lines
     assert "  evidence: Marfan syndrome" in lines  # titles come from the record, not the raw block
     assert "diagnosis: Familial Mediterranean fever" in lines
-    assert "\x1b[" not in text and "\x1b[" in ev.render_trace(rec, color=True)
+    assert "\x1b[" not in text and "\x1b[" in traces.render_trace(rec, color=True)
 
 
 def test_render_trace_marks_right_and_wrong() -> None:
     rec = {"question": "q", "options": {"A": "Marfan", "B": "EDS"}, "completion": "<answer>B</answer>",
            "prediction": "B", "gold": "A", "correct": False, "queries": [], "finish_reason": "answer"}
-    assert "diagnosis: B. EDS  [gold A: wrong]" in ev.render_trace(rec)
-    assert ev.trace_segments("hi <think>a</think> x <answer>B") == [("text", "hi"), ("think", "a"), ("text", "x"),
+    assert "diagnosis: B. EDS  [gold A: wrong]" in traces.render_trace(rec)
+    assert traces.trace_segments("hi <think>a</think> x <answer>B") == [("text", "hi"), ("think", "a"), ("text", "x"),
                                                                     ("answer", "B")]
 
 
@@ -378,11 +383,11 @@ def test_render_trace_marks_unfinished_and_unexecuted_searches() -> None:
     rec = {"question": "q", "options": {"A": "x", "B": "y"}, "prediction": None, "gold": "A", "correct": False,
            "completion": "<search>one</search><information>i</information><search>two</search><search>thr",
            "queries": ["one"], "retrieved_titles": [["T1"]], "finish_reason": "budget"}
-    lines = ev.render_trace(rec).splitlines()
+    lines = traces.render_trace(rec).splitlines()
     assert "search 1: one" in lines and "  evidence: T1" in lines
     assert "search 2: two (not run: turn limit)" in lines
     assert "search 3: thr (unfinished: budget)" in lines
-    assert ev.trace_segments("<think>a</think><answer>B", with_closed=True) == [("think", "a", True),
+    assert traces.trace_segments("<think>a</think><answer>B", with_closed=True) == [("think", "a", True),
                                                                                 ("answer", "B", False)]
 
 
@@ -407,3 +412,54 @@ def test_smollm2_self_ask_end_to_end(tmp_path) -> None:
     assert metrics["n"] == 2 and [s["id"] for s in samples] == ["hpo-dx-test-00000", "hpo-dx-test-00001"]
     assert all(s["n_generated"] > 0 and s["completion"] for s in samples)
     assert (tmp_path / "s" / "metrics.json").is_file() and (tmp_path / "s" / "config.yaml").is_file()
+
+
+def test_a_method_registered_in_one_place_runs_through_eval(tmp_path, bm25, tiny_llama) -> None:
+    """Adding a method is one entry of the method table: eval, its budget rule and its prompt follow from it."""
+    from medr1 import methods
+
+    seen: list[str] = []
+
+    def brief(question, passages=None):
+        seen.append(question.id)
+        return [{"role": "user", "content": f"{question.question}\nAnswer with <answer>LETTER</answer>."}]
+
+    methods.register(methods.Method("brief", "none", brief, note="test-only method"))
+    try:
+        cfg = _cfg(tmp_path, method="brief", max_turns=2, max_new_tokens_per_turn=6, max_total_tokens=40, batch_size=4)
+        metrics = ev.run_eval(cfg, questions=load_fixture_questions(), loaded=tiny_llama, retriever=bm25,
+                              progress=False)
+        samples = _samples(cfg)
+        assert seen == [q.id for q in load_fixture_questions()]
+        assert metrics["n"] == 4 and {s["method"] for s in samples} == {"brief"}
+        assert all(s["turns"] == 1 and s["queries"] == [] for s in samples)  # no retrieval: one turn
+        assert max(s["n_generated"] for s in samples) <= 12  # the single-turn budget: 2 turns x 6 tokens
+        assert metrics["gold_hit_rate"] is None
+    finally:
+        methods.METHODS.pop("brief")
+    with pytest.raises(ConfigError, match="'brief' is not one of"):
+        _cfg(tmp_path / "again", method="brief").validate()
+
+
+def test_eval_command_loads_the_tiny_random_llama_by_name(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from medr1.cli import app
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps(q.to_dict()) + "\n" for q in load_fixture_questions()[:2]))
+    out = tmp_path / "e"
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny-random-llama", "--data", f"jsonl:{data}", "--method",
+                                      "cot", "--limit", "2", "--out", str(out), "max_new_tokens_per_turn=4",
+                                      "device=cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["n"] == 2
+
+
+def test_rotate_options_moves_the_gold_with_its_text() -> None:
+    q = load_fixture_questions()[0]
+    r = ev.rotate_options(q, 1)
+    letters = sorted(q.options)
+    assert r.options[r.answer] == q.options[q.answer] and r.answer != q.answer
+    assert [r.options[letters[(i + 1) % len(letters)]] for i in range(len(letters))] == [q.options[k] for k in letters]
+    assert ev.rotate_options(q, len(letters)) == q

@@ -31,15 +31,16 @@ class ScriptedRetriever:
 
 
 def scripted_rollout(loaded, prompts, retriever, cfg):
-    """Every trajectory searches once; even rows answer B (gold), odd rows C, so rewards vary within a group."""
+    """Every trajectory searches once; even rows name the gold option, odd rows a wrong one, so rewards vary within a
+    group (the gold's letter varies: training sets are letter-balanced; the reward maps a name to its letter)."""
     tok = loaded.tokenizer
     out = []
     for i, prompt_ids in enumerate(prompts):
         first = tok("<think>check</think>\n<search>tall stature</search>", add_special_tokens=False)["input_ids"]
         hits = retriever.search(["tall stature"], 1)[0]
         info = tok(tags.format_information([h.doc.contents for h in hits]), add_special_tokens=False)["input_ids"]
-        letter = "B" if i % 2 == 0 else "C"
-        last = tok(f"<think>fits</think>\n<answer>{letter}</answer>", add_special_tokens=False)["input_ids"]
+        name = "Marfan syndrome" if i % 2 == 0 else "Stickler syndrome"
+        last = tok(f"<think>fits</think>\n<answer>{name}</answer>", add_special_tokens=False)["input_ids"]
         ids = first + info + last
         mask = [1] * len(first) + [0] * len(info) + [1] * len(last)
         out.append(
@@ -207,7 +208,7 @@ def test_8b_grpo_recipe_dry_run():
 
     if not shared_path("medqa").is_dir():
         pytest.skip("needs ../shared/data (MedQA)")
-    recipe = ROOT / "recipes" / "r1-distill-llama-8b" / "grpo-vllm.yaml"
+    recipe = ROOT / "recipes" / "r1-distill-llama-8b" / "recipe.yaml"
     cfg = load_config(grpo.GRPOConfig, recipe, ["train_limit=4"], section="grpo")
     plan = grpo.run_grpo(cfg, dry_run=True)
     assert plan["trl_args"]["use_vllm"] and plan["trl_args"]["vllm_mode"] == "colocate"
@@ -216,12 +217,22 @@ def test_8b_grpo_recipe_dry_run():
     assert plan["rollout"]["max_turns"] == 4 and plan["rewards"][-1] == "research_bonus"
 
 
-def test_recipes_parse():
+@pytest.mark.parametrize("name", ["smoke.yaml", "quickstart.yaml", "r1-distill-llama-8b/recipe.yaml"])
+def test_recipes_parse_with_one_budget(name):
+    import yaml
+
     from medr1.config import load_config
+    from medr1.evaluate import load_eval_config
+    from medr1.pipeline import make_plan
+    from medr1.rollout import Budget
     from medr1.train.sft import SFTConfig
 
-    for name in ("smoke.yaml", "quickstart.yaml", "r1-distill-llama-8b/sft-lora.yaml"):
-        load_config(SFTConfig, ROOT / "recipes" / name, section="sft")
-    for name in ("smoke.yaml", "quickstart.yaml", "r1-distill-llama-8b/grpo-vllm.yaml"):
-        cfg = load_config(grpo.GRPOConfig, ROOT / "recipes" / name, section="grpo")
-        common.build_trl_args(grpo.trl_args, cfg, "grpo", dry_run=True)
+    path = ROOT / "recipes" / name
+    shared = Budget(**yaml.safe_load(path.read_text())["rollout"])
+    sft_cfg = load_config(SFTConfig, path, section="sft")
+    grpo_cfg = load_config(grpo.GRPOConfig, path, section="grpo")
+    eval_cfg = load_eval_config(path, {"out": "x"})
+    assert sft_cfg.budget == grpo_cfg.budget == eval_cfg.budget == shared
+    args, _ = common.build_trl_args(grpo.trl_args, grpo_cfg, "grpo", dry_run=True)
+    assert args.num_generations == grpo_cfg.num_generations and args.max_steps == grpo_cfg.max_steps
+    assert make_plan(path).run.name  # the pipeline sections parse too

@@ -189,3 +189,24 @@ def test_aggregate_without_retrieval_or_explanations() -> None:
 def test_aggregate_text_metrics_off() -> None:
     m = aggregate([_sample(explanation="x y", completion="A: doc BM25 1.0")], text_metrics=False)
     assert m["bleu"] is None and m["rouge_l"] is None and m["n_with_explanation"] == 0
+
+
+NAMED = {"A": "Homocystinuria", "B": "C3 glomerulopathy", "C": "D-bifunctional protein deficiency",
+         "D": "A, B and C syndrome"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("<answer>Homocystinuria</answer>", "A"),
+    ("<answer>homocystinuria.</answer>", "A"),  # case and punctuation ignored
+    ("<answer>C3   glomerulopathy</answer>", "B"),
+    ("<answer>D-bifunctional protein deficiency</answer>", "C"),  # a name, not the letter D with a separator
+    ("<answer>A, B and C syndrome</answer>", "D"),  # not the letter A
+    ("<answer>C. D-bifunctional protein deficiency</answer>", "C"),  # letter and name
+    ("<answer>Homocystinuria type 2</answer>", None),  # names no option exactly
+    ("Doc 1 (Homocystinuria) matches. <answer>Homocystinuria</answer>", "A"),
+])
+def test_an_answer_may_name_its_option(text: str, expected: str | None) -> None:
+    from medr1.metrics import extract_answer, tagged_answer
+
+    assert extract_answer(text, "ABCD", NAMED) == expected
+    assert tagged_answer(text, "ABCD", NAMED) == expected

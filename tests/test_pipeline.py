@@ -244,7 +244,7 @@ def test_sample_questions_is_seeded_and_keeps_order() -> None:
 
 def test_real_stage_configs_agree_across_sections(tmp_path) -> None:
     recipe = write_recipe(tmp_path, run={"model": "m0", "seed": 3, "baselines": ["cot", "bm25-ranker"]},
-                          eval={"max_turns": 2, "topk": 5, "model": "ignored"},
+                          rollout={"max_turns": 2, "topk": 5}, eval={"model": "ignored"},
                           sft={"trace_data": ["hpo-dx:train"], "explanation_data": ["hpo-dx:train", "mirage:medqa"]},
                           grpo={"train_data": ["hpo-dx:train"], "max_steps": 3})
     plan = pl.make_plan(recipe)
@@ -266,6 +266,52 @@ def test_real_stage_configs_agree_across_sections(tmp_path) -> None:
     assert pl.configure_grpo("grpo")(plan, {k: v for k, v in inputs.items() if k != "sft"})["grpo"].model == "m0"
 
 
+def _stage_configs(plan) -> dict[str, object]:
+    inputs = {"index": {"index_dir": "/idx"}, "benchmark": {"hpo_dx_dir": "/b", "datasets": [
+        {"key": "hpo-dx-test", "status": "ok", "path": "/b/hpo-dx-test.jsonl"},
+        {"key": "phenopackets", "status": "ok", "path": "/b/phenopackets.jsonl"}]}, "sft": {"final_model": "/f"},
+        "grpo": {"final_model": "/g"}, "grpo-cot": {"final_model": "/c"}}
+    configs = {"sft": pl.configure_sft(plan, inputs)["sft"]}
+    for stage in ("grpo", "grpo-cot"):
+        configs[stage] = pl.configure_grpo(stage)(plan, inputs)["grpo"]
+    for stage in ("baselines", "eval-sft", "eval-grpo", "eval-grpo-cot"):
+        configs.update({f"{stage}/{k}": c for k, c in pl.configure_eval(stage)(plan, inputs).items()})
+    return configs
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quickstart"])
+def test_every_stage_receives_the_same_budget(profile) -> None:
+    from medr1.evaluate import rollout_config
+    from medr1.rollout import Budget, for_method
+    from medr1.train.grpo import rollout_config as grpo_rollout
+
+    plan = pl.make_plan(profile=profile, overrides=["rollout.max_info_tokens=99"])
+    recipe = yaml.safe_load(pl.profile_recipe(profile).read_text())
+    shared = Budget(**{**recipe["rollout"], "max_info_tokens": 99})
+    configs = _stage_configs(plan)
+    assert len(configs) == 3 + 2 * (4 + 2 + 1 + 1)  # sft, 2 GRPO arms, 8 evals on each of 2 datasets
+    for name, cfg in configs.items():
+        assert cfg.budget == shared, name
+    # the comparability rule: searching methods get the turns, the others one turn with the whole budget
+    one_turn = for_method(shared, False)
+    assert (one_turn.max_turns, one_turn.max_new_tokens_per_turn) == (1, shared.single_turn_tokens())
+    assert grpo_rollout(configs["grpo-cot"]).budget == one_turn.budget
+    assert grpo_rollout(configs["grpo"]).budget == shared
+    assert rollout_config(configs["baselines/cot/hpo-dx-test"], 0, single_turn=True).budget == one_turn.budget
+    assert rollout_config(configs["eval-sft/self-ask/hpo-dx-test"], 0, single_turn=False).budget == shared
+
+
+def test_budgets_are_refused_outside_the_rollout_section(tmp_path) -> None:
+    recipe = write_recipe(tmp_path, eval={"max_turns": 2})
+    plan = pl.make_plan(recipe)
+    with pytest.raises(ConfigError, match=r"\[eval\]: \['max_turns'\] belong in the rollout: section"):
+        _stage_configs(plan)
+    with pytest.raises(ConfigError, match="set rollout.topk instead"):
+        _stage_configs(pl.make_plan(write_recipe(tmp_path), overrides=["grpo.topk=4"]))
+    with pytest.raises(ConfigError, match=r"\[rollout\]: unknown key\(s\) \['batch_size'\]"):
+        _stage_configs(pl.make_plan(write_recipe(tmp_path, rollout={"batch_size": 4})))
+
+
 def test_real_stages_on_a_tiny_setup(tmp_path, monkeypatch) -> None:
     """corpus -> index -> benchmark -> baselines (cot with a tiny random Llama, bm25-ranker) -> report; then a
     re-run skips everything but the report. Training stages are disabled here (the slow smoke test covers them)."""
@@ -275,7 +321,7 @@ def test_real_stages_on_a_tiny_setup(tmp_path, monkeypatch) -> None:
         run={"model": "tiny-random-llama", "max_questions": 3, "baselines": ["cot", "bm25-ranker"], "sft": False,
              "grpo": False, "grpo_cot": False, "optional_datasets": ["mirage:medqa@/nonexistent/benchmark.json"]},
         data={"corpus": f"jsonl:{tmp_path / 'chunks.jsonl'}", "hpo_dx_train": 5, "hpo_dx_dev": 2, "hpo_dx_test": 6},
-        eval={"max_new_tokens_per_turn": 8, "max_total_tokens": 16, "device": "cpu", "batch_size": 4},
+        rollout={"max_new_tokens_per_turn": 8, "max_total_tokens": 16}, eval={"device": "cpu", "batch_size": 4},
     )
     chunks = [json.loads(line) for line in FIXTURE_DOCS.read_text().splitlines() if line.strip()]
     (tmp_path / "chunks.jsonl").write_text("".join(

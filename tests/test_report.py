@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from medr1 import report as rp
+from medr1 import traces
 from medr1.metrics import wilson_interval
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -78,10 +79,14 @@ def make_synthetic_run(run_dir: Path) -> Path:
         for key, (correct, n) in per_ds.items():
             _write_json(run_dir / stage / method / key / "metrics.json",
                         metrics_for(correct, n, 1.0 if method in ("rag", "self-ask") else 0.0))
-    samples = [dict(t, question=f"Case {i}: tall stature.", options={"A": "Cystic fibrosis", "B": "Marfan syndrome",
-                                                                     "C": "Noonan syndrome", "D": "Homocystinuria"})
-               for i, t in enumerate(TRACES)]
-    _write_jsonl(run_dir / "eval-grpo" / "self-ask" / HPO / "samples.jsonl", samples)
+    for (stage, method), per_ds in ACCURACY.items():  # nested outcomes: question i is right when i < correct
+        for key, (correct, n) in per_ds.items():
+            records = [{"id": f"q{i}", "correct": i < correct} for i in range(n)]
+            if (stage, key) == ("eval-grpo", HPO):  # the exemplar traces take two right ids and one wrong one
+                for t, i in zip(TRACES, (0, n - 1, 1)):
+                    records[i] = dict(t, id=f"q{i}", question=f"Case {i}: tall stature.", options={
+                        "A": "Cystic fibrosis", "B": "Marfan syndrome", "C": "Noonan syndrome", "D": "Homocystinuria"})
+            _write_jsonl(run_dir / stage / method / key / "samples.jsonl", records)
     _write_jsonl(run_dir / "sft" / "metrics.jsonl",
                  [{"step": s, "loss": 2.0 / s, "token_accuracy": 0.1 * s} for s in range(1, 6)])
     for stage, searches in (("grpo", 1.5), ("grpo-cot", 0.0)):
@@ -138,16 +143,18 @@ def test_comparison_table_rows_columns_and_cells(built) -> None:
 
 def test_hypothesis_sentences_with_numbers_and_verdicts(built) -> None:
     _, _, md, _ = built
-    h1_hpo = next(line for line in md.splitlines() if line.startswith("- **H1 (HPO-Dx test)"))
-    assert "rag" in h1_hpo and "55.0% [48.1–61.7]" in h1_hpo and "30.0%" in h1_hpo
-    assert "+25.0 pp" in h1_hpo and "intervals separate" in h1_hpo and "H1 is supported" in h1_hpo
-    h1_pp = next(line for line in md.splitlines() if line.startswith("- **H1 (Phenopackets)"))
-    assert "not separable at this sample size" in h1_pp
-    h2 = next(line for line in md.splitlines() if line.startswith("- **H2 (HPO-Dx test, vs SFT)"))
-    assert "+25.0 pp" in h2 and "+5.0 pp" in h2 and "difference of gains +20.0 pp" in h2
+    line = lambda start: next(x for x in md.splitlines() if x.startswith(start))  # noqa: E731
+    h1_hpo = line("- **H1 (HPO-Dx test, untrained)")
+    assert "baseline self-ask 40.0% vs baseline cot 30.0% on the same 200 questions" in h1_hpo
+    assert "+10.0 pp" in h1_hpo and "McNemar p = < 0.001" in h1_hpo and "H1 is supported" in h1_hpo
+    assert "+15.0 pp" in line("- **H1 (HPO-Dx test, after SFT)")
+    assert "not separable at n = 100" in line("- **H1 (Phenopackets, untrained)")
+    assert "H1 (Phenopackets, after SFT)" not in md  # no SFT evaluation on that dataset
+    h2 = line("- **H2 (HPO-Dx test, vs SFT)")
+    assert "+25.0 pp" in h2 and "+5.0 pp" in h2 and "difference in differences +20.0 pp" in h2
     assert "H2 is supported" in h2
     assert "GRPO+RAG − SFT+RAG (self-ask)" in md  # the definition is stated
-    h2_pp = next(line for line in md.splitlines() if line.startswith("- **H2 (Phenopackets, vs SFT)"))
+    h2_pp = line("- **H2 (Phenopackets, vs SFT)")
     assert "not answered" in h2_pp and "GRPO+RAG" in h2_pp
 
 
@@ -204,7 +211,7 @@ def test_partial_run_without_benchmark_discovers_datasets(tmp_path) -> None:
     _write_json(run_dir / "baselines" / "cot" / "medqa" / "metrics.json", metrics_for(5, 10))
     md = rp.build_report(run_dir)["md"].read_text(encoding="utf-8")
     assert "| baseline cot | 50.0% [23.7–76.3]" in md and "| SFT | not run |" in md
-    assert "H1 (medqa)**: not answered" in md
+    assert "H1 (medqa, untrained)**: not answered" in md
 
 
 def test_report_command(tmp_path) -> None:
@@ -283,48 +290,37 @@ def test_cell_parts(metrics, expected) -> None:
     assert rp.cell_parts(metrics) == expected
 
 
-@pytest.mark.parametrize("terms, expected", [
-    ([(1.0, (0.5, 0.4, 0.6))], (0.5, 0.4, 0.6)),  # one term: its own interval
-    ([(1.0, (0.6, 0.5, 0.7)), (-1.0, (0.4, 0.3, 0.5))], (0.2, 0.2 - 0.1 * 2 ** 0.5, 0.2 + 0.1 * 2 ** 0.5)),
-    ([(1.0, (0.6, 0.55, 0.7)), (-1.0, (0.4, 0.3, 0.42))], (0.2, 0.2 - (0.05**2 + 0.02**2) ** 0.5,
-                                                           0.2 + (0.1**2 + 0.1**2) ** 0.5)),  # asymmetric sides
-])
-def test_mover_interval(terms, expected) -> None:
-    est = rp.mover_interval(terms)
-    assert (est.value, est.low, est.high) == pytest.approx(expected)
+def outcomes(right: int, n: int, offset: int = 0) -> list[bool]:
+    """n outcomes with `right` of them correct, starting at position `offset` (wrapping)."""
+    return [((i - offset) % n) < right for i in range(n)]
 
 
-@pytest.mark.parametrize("rows, fragments", [
-    ({"baseline cot": m(60, 200), "baseline rag": m(110, 200), "baseline self-ask": m(80, 200)},
-     ["rag (the more accurate", "intervals separate: retrieval raises accuracy", "H1 is supported"]),
-    ({"baseline cot": m(60, 200), "baseline rag": m(50, 200), "baseline self-ask": m(90, 200)},
-     ["self-ask (the more accurate", "+15.0 pp", "H1 is supported"]),
-    ({"baseline cot": m(30, 100), "baseline rag": m(33, 100), "baseline self-ask": None},
-     ["rag", "not separable at this sample size"]),
-    ({"baseline cot": m(150, 200), "baseline rag": m(60, 200), "baseline self-ask": m(50, 200)},
-     ["wrong direction", "not supported"]),
-    ({"baseline cot": m(100, 200), "baseline rag": m(121, 200)},  # overlapping intervals, difference excludes 0
-     ["intervals overlap, but the interval of the difference excludes 0", "supported, weakly"]),
-    ({"baseline cot": None, "baseline rag": m(1, 2)}, ["not answered"]),
-    ({"baseline cot": m(1, 2)}, ["not answered"]),
+@pytest.mark.parametrize("a, b, fragments", [
+    (outcomes(120, 200), outcomes(60, 200), ["60.0% vs", "+30.0 pp", "H1 is supported"]),
+    (outcomes(60, 200), outcomes(120, 200), ["-30.0 pp", "H1 is not supported"]),
+    (outcomes(31, 100), outcomes(30, 100), ["+1.0 pp", "not separable at n = 100"]),
+    (outcomes(50, 100), outcomes(50, 100, offset=50), ["+0.0 pp", "50 right only in the first, 50 only"]),
+    (None, outcomes(1, 2), ["not answered", "with did not run"]),
 ])
-def test_h1_statement(rows, fragments) -> None:
-    text = rp.h1_statement("D", rows)
-    assert text.startswith("**H1 (D)**")
+def test_h1_statement(a, b, fragments) -> None:
+    text = rp.h1_statement("D", "M", {"with": a, "without": b}, "with", "without")
+    assert text.startswith("**H1 (D, M)**")
     for fragment in fragments:
         assert fragment in text, (fragment, text)
 
 
 @pytest.mark.parametrize("acc, fragments", [
-    # (GRPO+RAG, ref self-ask, GRPO cot, ref cot)
-    ((m(150, 200), m(100, 200), m(80, 200), m(70, 200)), ["+25.0 pp", "+5.0 pp", "H2 is supported"]),
-    ((m(105, 200), m(100, 200), m(110, 200), m(70, 200)), ["+2.5 pp", "+20.0 pp", "H2 is not supported"]),
-    ((m(55, 100), m(50, 100), m(33, 100), m(30, 100)),
-     ["not separable from 0 at this sample size", "Neither RL gain is itself distinguishable from zero"]),
-    ((m(55, 100), None, m(33, 100), m(30, 100)), ["not answered", "R (self-ask) did not run"]),
+    # (GRPO+RAG, ref self-ask, GRPO cot, ref cot) as (right, n[, offset]) outcomes
+    (((150, 200), (100, 200), (80, 200), (70, 200)), ["+25.0 pp", "+5.0 pp", "+20.0 pp", "H2 is supported"]),
+    (((105, 200), (100, 200), (110, 200), (70, 200)), ["+2.5 pp", "+20.0 pp", "-17.5 pp", "H2 is not supported"]),
+    (((55, 100), (50, 100, 40), (33, 100), (30, 100, 40)),  # shifted: many discordant pairs each way
+     ["not separable at n = 100", "Neither RL gain is itself distinguishable from zero"]),
+    (((55, 100), None, (33, 100), (30, 100)), ["not answered", "R self-ask did not run"]),
 ])
 def test_h2_statement(acc, fragments) -> None:
-    text = rp.h2_statement("D", *acc, ref_name="R")
+    labels = ("GRPO+RAG", "R self-ask", "GRPO", "R cot")
+    got = {lab: outcomes(*x) if x else None for lab, x in zip(labels, acc)}
+    text = rp.h2_statement("D", got, ("R", "R self-ask", "R cot"))
     assert text.startswith("**H2 (D, vs R)**")
     for fragment in fragments:
         assert fragment in text, (fragment, text)
@@ -345,7 +341,7 @@ def test_select_exemplars(flags, k, expected) -> None:
 def test_trace_pieces_for_rag_put_the_up_front_retrieval_first() -> None:
     rec = {"method": "rag", "completion": "<think>x</think><answer>A</answer>", "queries": ["the question"],
            "retrieved_titles": [["Doc A", "Doc B"]]}
-    assert rp.trace_pieces(rec) == [("search", "the question", ["Doc A", "Doc B"]), ("think", "x", []),
+    assert traces.trace_pieces(rec) == [("search", "the question", ["Doc A", "Doc B"]), ("think", "x", []),
                                     ("answer", "A", [])]
 
 
@@ -362,3 +358,44 @@ def test_series_skips_records_without_the_metric() -> None:
 ])
 def test_short_path_for_eval_tables(value, expected) -> None:
     assert rp._short_path(value) == expected
+
+
+def _eval_dir(path: Path, method: str, correct: list[bool], opts: dict | None = None, **cfg) -> Path:
+    opts = opts or {"A": "w", "B": "x", "C": "y", "D": "z"}
+    _write_jsonl(path / "samples.jsonl", [{"id": f"q{i}", "correct": c, "prediction": "B" if c else "A",
+                                           "options": opts} for i, c in enumerate(correct)])
+    conf = {"method": method, "max_turns": 3, "max_new_tokens_per_turn": 128, "max_total_tokens": 640, "topk": 3,
+            "max_info_tokens": 160, "rotate": 0}
+    conf.update(cfg)
+    import yaml
+
+    (path / "config.yaml").write_text(yaml.safe_dump(conf))
+    return path
+
+
+def test_compare_is_paired_and_refuses_other_budgets_or_questions(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from medr1.cli import app
+
+    a = _eval_dir(tmp_path / "a", "self-ask", [True] * 30 + [False] * 10)
+    b = _eval_dir(tmp_path / "b", "cot", [True] * 18 + [False] * 22)
+    out = rp.compare_evals(a, b)
+    assert "A − B = +30.0 pp" in out and "12 right only in the first, 0 only in the second, n = 40" in out
+    assert "McNemar p = < 0.001" in out
+    ranker = _eval_dir(tmp_path / "r", "bm25-ranker", [True] * 40, max_turns=1)  # no budget to compare
+    assert "A − B = -25.0 pp" in rp.compare_evals(a, ranker)
+    other = _eval_dir(tmp_path / "o", "cot", [True] * 40, max_new_tokens_per_turn=96)
+    with pytest.raises(rp.DataError, match="different budgets \\(max_new_tokens_per_turn: 128 vs 96\\)"):
+        rp.compare_evals(a, other)
+    assert "Warning: different budgets" in rp.compare_evals(a, other, allow_budget_mismatch=True)
+    fewer = _eval_dir(tmp_path / "f", "cot", [True] * 39)
+    with pytest.raises(rp.DataError, match="same questions"):
+        rp.compare_evals(a, fewer)
+    shifted = {"A": "z", "B": "w", "C": "x", "D": "y"}  # what rotate=1 makes of a's options
+    rotated = _eval_dir(tmp_path / "rot", "self-ask", [True] * 40, opts=shifted, rotate=1)  # answers B = "w"
+    assert "follows the content in 25.0% and the letter in 75.0%" in rp.compare_evals(a, rotated)
+    result = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert result.exit_code == 0 and "+30.0 pp" in result.output
+    result = CliRunner().invoke(app, ["compare", str(a), str(other)])
+    assert result.exit_code != 0 and "different budgets" in result.output

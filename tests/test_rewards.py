@@ -40,6 +40,35 @@ def test_correctness(completion, gold, expected):
     assert correctness_reward([completion], answer=[gold]) == [expected]
 
 
+OPTIONS = {"letters": ["ABCD"], "option_texts": [["Homocystinuria", "Marfan syndrome", "Noonan syndrome", "Stickler"]]}
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("So the answer is B.", 0.0),  # untagged: the fallbacks of the eval harness are not paid
+        ("The answer: B", 0.0),
+        ("B", 0.0),
+        ("B. Marfan syndrome", 0.0),
+        ('{"answer_choice": "B"}', 0.0),
+        ("<think>Marfan</think> answer is B", 0.0),
+        ("<answer>Marfan syndrome</answer>", 1.0),  # the option's own text is an answer
+        ("<answer>marfan  syndrome.</answer>", 1.0),
+        ("<answer>Noonan syndrome</answer>", 0.0),
+        ("<answer>Marfan</answer>", 0.0),  # part of a name names no option
+        ("<think>x</think>\n<answer>B</answer>", 1.0),
+    ],
+)
+def test_correctness_pays_only_for_the_last_answer_span(completion, expected):
+    assert correctness_reward([completion], answer=["B"], **OPTIONS) == [expected]
+
+
+def test_format_reads_a_named_option_as_an_answer():
+    named = "<think>Doc 1 matches.</think>\n<answer>Marfan syndrome</answer>"
+    assert format_reward([named], **OPTIONS) == [1.0]
+    assert format_reward([named]) == [0.5]  # without the options the name is not an option
+
+
 def test_correctness_respects_valid_letters():
     assert correctness_reward(["<answer>E</answer>"], answer=["E"], letters=["ABCD"]) == [0.0]
     assert correctness_reward(["<answer>E</answer>"], answer=["E"], letters=["ABCDE"]) == [1.0]
@@ -121,11 +150,3 @@ def test_build_reward_funcs_names():
 
     with pytest.raises(ConfigError, match="unknown reward"):
         build_reward_funcs(["length"])
-
-
-def test_own_extractor_matches_when_metrics_is_absent(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "medr1.metrics", None)  # import fails: the fallback extractor is used
-    cases = [GOOD, "<answer>(C) Marfan</answer>", "<answer>Banana</answer>", "I think B", SEARCHED]
-    assert correctness_reward(cases, answer=["B", "C", "B", "B", "B"]) == [1.0, 1.0, 0.0, 0.0, 1.0]

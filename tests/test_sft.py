@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from medr1 import tags  # noqa: E402
+from medr1 import models, tags  # noqa: E402
 from medr1.data.schema import Document, Question  # noqa: E402
 from medr1.retrieval.base import Hit  # noqa: E402
 from medr1.train import common, sft  # noqa: E402
@@ -42,13 +42,13 @@ def question(i: int, explanation: str | None = "Marfan syndrome: tall stature (v
 
 @pytest.fixture(scope="module")
 def loaded():
-    return common.load_for_training(common.TINY_MODEL, "cpu")
+    return common.load_for_training(models.TINY_MODEL, "cpu")
 
 
 def test_masks_are_exact(loaded):
     from medr1.models import chat_prompt_ids
 
-    cfg = sft.SFTConfig(model=common.TINY_MODEL, trace_searches=2)
+    cfg = sft.SFTConfig(model=models.TINY_MODEL, trace_searches=2)
     example = sft.build_traces([question(0)], ScriptedRetriever(), cfg)[0]
     assert example.gold_in_results
     row = sft.tokenize_example(loaded, example, max_length=4096, max_info_tokens=384)
@@ -72,7 +72,7 @@ def test_masks_are_exact(loaded):
     assert ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
     trained_text = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=True)
     assert tags.INFO_OPEN not in trained_text and "97th centile" not in trained_text
-    assert trained_text.count(tags.SEARCH_OPEN) == 2 and trained_text.endswith("<answer>B</answer>")
+    assert trained_text.count(tags.SEARCH_OPEN) == 2 and trained_text.endswith("<answer>Marfan syndrome</answer>")
     # The two blocks the environment inserts are exactly the untrained part after the prompt.
     untrained = tok.decode([t for t, m in zip(ids[n_prompt:], mask[n_prompt:]) if not m])
     assert untrained.count(tags.INFO_OPEN) == 2 and untrained.count(tags.INFO_CLOSE) == 2
@@ -105,7 +105,7 @@ def test_trl_labels_follow_our_masks_and_one_step_trains(tmp_path, loaded):
     rows, stats = sft.tokenize_examples(loaded, examples, 1024)
     assert stats["rows"] == 2 and stats["dropped_prompt_too_long"] == 0
     cfg = sft.SFTConfig(
-        model=common.TINY_MODEL, output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2,
+        model=models.TINY_MODEL, output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2,
         learning_rate=1e-2, device="cpu", save_steps=1,
     )
     before = {k: v.detach().clone() for k, v in loaded.model.named_parameters()}
@@ -126,7 +126,7 @@ def test_run_sft_mix_counts_and_final_model(tmp_path):
     qs = [question(0), question(1, explanation=None), question(2, split="test"), question(3)]
     data.write_text("".join(json.dumps(q.to_dict()) + "\n" for q in qs))
     cfg = sft.SFTConfig(
-        model=common.TINY_MODEL, output_dir=str(tmp_path / "run"), explanation_data=[f"jsonl:{data}"],
+        model=models.TINY_MODEL, output_dir=str(tmp_path / "run"), explanation_data=[f"jsonl:{data}"],
         trace_data=[f"jsonl:{data}"], trace_limit=1, max_steps=1, per_device_train_batch_size=2, device="cpu",
     )
     plan = sft.run_sft(cfg, retriever=ScriptedRetriever())
@@ -145,7 +145,7 @@ def test_run_sft_mix_counts_and_final_model(tmp_path):
 def test_r1_think_prefill_is_not_repeated():
     from medr1.models import R1_DISTILL, LoadedModel, chat_prompt_text
 
-    r1 = LoadedModel(None, common.tiny_tokenizer(), R1_DISTILL)
+    r1 = LoadedModel(None, models.tiny_tokenizer(), R1_DISTILL)
     example = sft.explanation_example(question(0))
     row = sft.tokenize_example(r1, example, 4096)
     assert chat_prompt_text(r1, example.messages).endswith("<think>\n")
@@ -169,9 +169,99 @@ def test_8b_sft_recipe_dry_run():
 
     if not shared_path("medmcqa", "dev.json").is_file():
         pytest.skip("needs ../shared/data (MedMCQA, PubMedQA)")
-    recipe = ROOT / "recipes" / "r1-distill-llama-8b" / "sft-lora.yaml"
+    recipe = ROOT / "recipes" / "r1-distill-llama-8b" / "recipe.yaml"
     cfg = load_config(sft.SFTConfig, recipe, ["trace_limit=4", "explanation_limit=8"], section="sft")
     plan = sft.run_sft(cfg, dry_run=True)
     assert cfg.lora and plan["peft"] and plan["trl_args"]["bf16"]
     assert plan["data"]["kinds"] == {"explanation": 24, "trace": 4}
     assert plan["data"]["explanation"]["pubmedqa"]["excluded_split"] == 500  # PubMedQA test PMIDs never trained on
+
+
+class TitledRetriever:
+    """Returns, for every query, documents titled by `titles` (ids OMIM:<n>)."""
+
+    def __init__(self, titles: list[str]):
+        self.titles = titles
+
+    def search(self, queries: list[str], k: int = 5) -> list[list[Hit]]:
+        docs = [Document(f"OMIM:{i}", t, f"{t}: tall stature") for i, t in enumerate(self.titles)]
+        return [[Hit(d, 1.0) for d in docs[:k]] for _ in queries]
+
+
+def test_trace_searches_and_cites_the_evidence_it_was_given():
+    cfg = sft.SFTConfig(topk=3)
+    titles = ["Homocystinuria", "Marfan syndrome", "Tall stature"]
+    example = sft.build_traces([question(0)], TitledRetriever(titles), cfg)[0]
+    info = [seg for seg in example.segments if seg.passages is not None]
+    assert len(info) == 1 and example.searches == 1
+    first = example.segments[0].text
+    assert f"{tags.SEARCH_OPEN}tall stature, ectopia lentis, arachnodactyly{tags.SEARCH_CLOSE}" in first
+    last = example.segments[-1].text
+    # the document cited is the one inserted at that rank, under that title, and the answer is that option's text
+    assert "Doc 2 (Marfan syndrome) matches the findings" in last
+    assert info[0].passages[1].startswith("Doc 2 (Title: Marfan syndrome)")
+    assert last.endswith(f"{tags.ANSWER_OPEN}Marfan syndrome{tags.ANSWER_CLOSE}")
+    letter = sft.SFTConfig(answer_with="letter")
+    assert sft.build_traces([question(0)], TitledRetriever(titles), letter)[0].segments[-1].text.endswith(
+        f"{tags.ANSWER_OPEN}B{tags.ANSWER_CLOSE}")
+
+
+def test_trace_searches_again_for_an_option_when_the_evidence_names_none():
+    example = sft.build_traces([question(0)], TitledRetriever(["Tall stature", "Myopia"]), sft.SFTConfig())[0]
+    assert example.searches == 2 and not example.gold_in_results
+    again = example.segments[2].text
+    assert "No document is an option" in again and again.endswith(f"{tags.SEARCH_OPEN}Marfan syndrome{tags.SEARCH_CLOSE}")
+
+
+def test_built_training_sets_have_balanced_gold_letters(tmp_path):
+    from collections import Counter
+
+    data = tmp_path / "q.jsonl"
+    qs = [question(i) for i in range(12)]  # every source question has gold B
+    data.write_text("".join(json.dumps(q.to_dict()) + "\n" for q in qs))
+    cfg = sft.SFTConfig(explanation_data=[f"jsonl:{data}"], trace_data=[f"jsonl:{data}"], trace_limit=8)
+    examples, report = sft.build_examples(cfg, retriever=ScriptedRetriever())
+    assert report["answer_letters"] == {"A": 5, "B": 5, "C": 5, "D": 5}
+    for kind in ("explanation", "trace"):
+        golds = Counter()
+        for ex in examples:
+            if ex.kind != kind:
+                continue
+            options = dict(line.split(". ", 1) for line in ex.messages[-1]["content"].split("Options:\n")[1].split("\n")
+                           if line[:2] in ("A.", "B.", "C.", "D."))
+            golds[next(k for k, v in options.items() if v == "Marfan syndrome")] += 1
+            assert f"{tags.ANSWER_OPEN}Marfan syndrome{tags.ANSWER_CLOSE}" in ex.target_text
+        assert max(golds.values()) - min(golds.values()) <= 1 and len(golds) == 4, (kind, golds)
+
+
+def test_balance_letters_keeps_every_option_once():
+    out = common.balance_letters([question(i) for i in range(4)])
+    assert [q.answer for q in out] == ["A", "B", "C", "D"]
+    for q in out:
+        assert sorted(q.options.values()) == sorted(question(0).options.values())
+        assert q.options[q.answer] == "Marfan syndrome"
+
+
+def test_a_test_split_source_is_refused(tmp_path):
+    from medr1.errors import DataError
+
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps(question(i, split="test").to_dict()) + "\n" for i in range(2)))
+    cfg = sft.SFTConfig(explanation_data=[f"jsonl:{data}"], trace_data=[])
+    with pytest.raises(DataError, match=r"question 'q0' is from the 'test' split"):
+        sft.build_examples(cfg)
+
+
+@pytest.mark.parametrize("mask, fits", [
+    ([0, 0, 1, 1, 1], True),                          # one turn of 3 <= single-turn budget 8
+    ([0] + [1] * 9, False),                           # one turn of 9 > 8
+    ([0, 1, 1, 0, 0, 1, 1, 1], True),                 # two turns of 2 and 3, 7 completion tokens
+    ([0, 1, 1, 1, 1, 1, 0, 1], False),                # a turn of 5 > 4 per turn
+    ([0, 1, 0, 1, 0, 1], False),                      # three turns > max_turns 2
+    ([0, 1, 1, 0, 0, 0, 0, 0, 1, 1], False),          # 9 completion tokens > 8
+])
+def test_fits_the_shared_budget(mask, fits):
+    from medr1.rollout import Budget
+
+    budget = Budget(max_turns=2, max_new_tokens_per_turn=4, max_total_tokens=8, topk=1, max_info_tokens=16)
+    assert sft.fits(mask, budget) is fits

@@ -362,7 +362,8 @@ def ask_cmd(
     """
     import json
 
-    from medr1.evaluate import EvalConfig, ask_case, parse_options, render_trace
+    from medr1.evaluate import EvalConfig, ask_case, parse_options
+    from medr1.traces import render_trace
 
     cfg = EvalConfig(model=model, method="self-ask", out="-", index=index, max_turns=max_turns, topk=topk,
                      temperature=temperature, seed=seed, device=device, batch_size=1, num_threads=threads)
@@ -397,7 +398,7 @@ def sft_cmd(
 
     Example: medr1 sft --config recipes/quickstart.yaml
 
-    Example: medr1 sft --config recipes/r1-distill-llama-8b/sft-lora.yaml --dry-run
+    Example: medr1 sft --config recipes/r1-distill-llama-8b/recipe.yaml --dry-run
 
     Example: medr1 sft --config recipes/smoke.yaml max_steps=2 output_dir=runs/smoke/sft
     """
@@ -431,7 +432,7 @@ def grpo_cmd(
 
     Example: medr1 grpo --config recipes/quickstart.yaml use_retrieval=false output_dir=runs/quickstart/grpo-cot
 
-    Example: medr1 grpo --config recipes/r1-distill-llama-8b/grpo-vllm.yaml --dry-run
+    Example: medr1 grpo --config recipes/r1-distill-llama-8b/recipe.yaml --dry-run
     """
     from medr1.config import load_config
     from medr1.train.grpo import GRPOConfig, run_grpo
@@ -517,6 +518,23 @@ def table_cmd(
     typer.echo(text)
     if out:
         atomic_write_text(out, text + "\n")
+
+
+@app.command("compare")
+@friendly_errors
+def compare_cmd(
+    eval_a: str = typer.Argument(..., help="An output directory of `medr1 eval` (variant A)."),
+    eval_b: str = typer.Argument(..., help="Another one, on the same questions (variant B)."),
+    allow_budget_mismatch: bool = typer.Option(False, "--allow-budget-mismatch",
+                                               help="Compare even when the rollout budgets differ (warns)."),
+) -> None:
+    """Paired comparison of two evals on the same questions: A − B with Newcombe's paired 95% interval, McNemar's p.
+
+    Example: medr1 compare runs/quickstart/eval-sft/self-ask/hpo-dx-test runs/quickstart/baselines/self-ask/hpo-dx-test
+    """
+    from medr1.report import compare_evals
+
+    typer.echo(compare_evals(eval_a, eval_b, allow_budget_mismatch))
 
 
 @app.command("trace")

@@ -128,13 +128,42 @@ def load_config(
         data = read_yaml(path)
         where = str(path)
         if section is not None:
-            data = data.get(section) or {}
+            values.update(shared_values(cls, data, path))
+            data = section_values(cls, data, section, path)
             where = f"{path} [{section}]"
-            if not isinstance(data, dict):
-                raise ConfigError(f"{where}: section must be a mapping")
         values.update(data)
     values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     return build_config(cls, values, where)
+
+
+def _section(data: dict[str, Any], name: str, path: str | Path) -> dict[str, Any]:
+    found = data.get(name) or {}
+    if not isinstance(found, dict):
+        raise ConfigError(f"{path} [{name}]: section must be a mapping")
+    return found
+
+
+def shared_values(cls: type, data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The recipe's shared section for `cls` (its `SHARED_SECTION`, e.g. `rollout:` for every config holding the
+    rollout budgets), checked against `SHARED_KEYS`; {} for other configs or when the recipe has none."""
+    name = getattr(cls, "SHARED_SECTION", None)
+    if name is None:
+        return {}
+    found = _section(data, name, path)
+    unknown = sorted(set(found) - set(cls.SHARED_KEYS))
+    if unknown:
+        raise ConfigError(f"{path} [{name}]: unknown key(s) {unknown}; valid keys: {sorted(cls.SHARED_KEYS)}")
+    return dict(found)
+
+
+def section_values(cls: type, data: dict[str, Any], section: str, path: str | Path) -> dict[str, Any]:
+    """One stage section; a key that belongs to the shared section is refused there, so it is stated once."""
+    found = _section(data, section, path)
+    shared = sorted(set(found) & set(getattr(cls, "SHARED_KEYS", ())))
+    if shared:
+        raise ConfigError(f"{path} [{section}]: {shared} belong in the {cls.SHARED_SECTION}: section, which every "
+                          f"stage shares (one budget for SFT traces, GRPO and evaluation)")
+    return found
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

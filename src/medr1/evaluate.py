@@ -9,14 +9,8 @@ Methods:
 - `rag`: MedRAG-style: the question text is searched first (top-`topk`), the passages go into the prompt, then one
   generation turn.
 - `self-ask`: the retrieval loop of `medr1.rollout` (search while thinking, up to `max_turns`).
-- `bm25-ranker` (no LLM): each option is matched to a corpus document by title (case- and space-insensitive; when
-  several share a title the best-scoring one counts). An option without a title match is searched by its own text
-  and the top hit stands in for it (recorded as `"exact": false` in the trace). Each option document is then scored
-  with BM25 against the whole question text (the findings): with the in-process BM25 index the exact BM25 score over
-  the whole corpus; with any other retriever (dense, HTTP) the score of that document among the top 100 hits for the
-  findings, 0 when it is not among them. The best score wins; ties go to the earliest letter; an option with no
-  document cannot win; when no option has a document the question is unparseable. Negated findings ("no X") still
-  count as matches: BM25 has no notion of negation.
+- `bm25-ranker` (no LLM): `medr1.retrieval.ranker.OptionRanker` scores each option's document against the
+  findings.
 
 Outputs (in `out`): one `samples.jsonl` record per question with the whole trace (id, question, options, gold,
 prediction, parsed, correct, completion, queries, retrieved_ids/titles per search, finish_reason, tool_errors,
@@ -38,32 +32,33 @@ compositions), with greedy decoding (the default) or with sampling.
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medr1.config import build_config, config_dict, read_yaml, save_config
-from medr1.data.schema import Document, Question
+from medr1.data.schema import Question
 from medr1.errors import ConfigError, DataError
 from medr1.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_tolerant, stable_hash
+from medr1.methods import get_method
 from medr1.metrics import aggregate, extract_answer, extract_answer_text
 from medr1.prompts import build_messages, format_passages
-from medr1.retrieval.base import MAX_QUERY_CHARS, MAX_TOPK, Hit, Retriever
+from medr1.retrieval.base import MAX_QUERY_CHARS, Hit, Retriever
+from medr1.retrieval.ranker import OptionRanker, ranker_completion
+from medr1.rollout import Budget, for_method
 
-LLM_METHODS = ("cot", "rag", "self-ask")
-METHODS = (*LLM_METHODS, "bm25-ranker")
 # Keys that may change between a run and its continuation: throughput knobs (greedy completions were identical at
 # batch 8 and 20, and with 1 and 2 threads, on 20 HPO-Dx self-ask questions with SmolLM2) and the question count.
 RESUME_EXEMPT = ("limit", "out", "num_threads", "batch_size")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """One evaluation run. Budgets apply to LLM methods; `index` None means the default HPO BM25 index."""
+class EvalConfig(Budget):
+    """One evaluation run. The budgets (`medr1.rollout.Budget`: the recipe's `rollout:` section) apply to LLM methods
+    through `medr1.rollout.for_method`; `index` None means the default HPO BM25 index."""
 
     model: str = "smollm2-135m"
     data: str = "hpo-dx:test"
@@ -71,11 +66,6 @@ class EvalConfig:
     out: str = ""
     limit: int | None = None
     index: str | None = None
-    topk: int = 3
-    max_turns: int = 4
-    max_new_tokens_per_turn: int = 256
-    max_total_tokens: int = 1024
-    max_info_tokens: int = 384
     batch_size: int = 8
     temperature: float = 0.0
     top_p: float = 1.0
@@ -86,19 +76,20 @@ class EvalConfig:
     # CPU threads for torch in this run (0 = torch's default). On a shared CPU, 1 avoids OpenMP threads spinning at
     # barriers while another process holds the core: measured 13x faster SmolLM2 decoding at load ~7 on 2 cores.
     num_threads: int = 0
+    # Position-bias check: shift every question's options cyclically by this many letters (the gold moves with its
+    # text) before evaluating; `medr1 compare` of a rotated and an unrotated run reports how often the answer
+    # follows the content rather than the letter.
+    rotate: int = 0
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"config key 'method': {self.method!r} is not one of {', '.join(METHODS)}")
+        get_method(self.method, "config key 'method'")
         if not self.out:
             raise ConfigError("config key 'out' is required: the directory for samples.jsonl and metrics.json")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"config key 'limit': must be at least 1 (or none), got {self.limit}")
-        for key in ("topk", "max_turns", "max_new_tokens_per_turn", "max_total_tokens", "max_info_tokens", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key {key!r}: must be at least 1, got {getattr(self, key)}")
-        if self.topk > MAX_TOPK:
-            raise ConfigError(f"config key 'topk': at most {MAX_TOPK}, got {self.topk}")
+        self.validate_budget("config key rollout")
+        if self.batch_size < 1:
+            raise ConfigError(f"config key 'batch_size': must be at least 1, got {self.batch_size}")
         if self.num_threads < 0:
             raise ConfigError(f"config key 'num_threads': must be >= 0 (0 = torch default), got {self.num_threads}")
         if self.backend not in ("hf", "vllm"):
@@ -110,14 +101,17 @@ class EvalConfig:
 def load_eval_config(path: str | Path | None = None, values: dict[str, Any] | None = None,
                      overrides: list[str] | None = None) -> EvalConfig:
     """File (its `eval:` section when it has one) < `values` (command-line flags) < `key=value` overrides."""
-    from medr1.config import parse_overrides
+    from medr1.config import parse_overrides, section_values, shared_values
 
     merged: dict[str, Any] = {}
     where = "eval config"
     if path is not None:
         data = read_yaml(path)
-        section = data.get("eval") if isinstance(data.get("eval"), dict) else data
-        merged.update(section)
+        if isinstance(data.get("eval"), dict):  # a recipe: its rollout budgets, then its eval section
+            merged.update(shared_values(EvalConfig, data, path))
+            merged.update(section_values(EvalConfig, data, "eval", path))
+        else:
+            merged.update(data)
         where = str(path)
     merged.update({k: v for k, v in (values or {}).items() if v is not None})
     merged.update(parse_overrides(overrides))
@@ -181,6 +175,15 @@ def _load_done(samples_path: Path, questions: Sequence[Question]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def rotate_options(question: Question, shift: int) -> Question:
+    """The question with its option texts moved `shift` letters on (cyclically); the gold follows its text."""
+    letters = sorted(question.options)
+    n = len(letters)
+    moved = {letters[(i + shift) % n]: question.options[k] for i, k in enumerate(letters)}
+    gold = letters[(letters.index(question.answer) + shift) % n]
+    return dataclasses.replace(question, options=moved, answer=gold)
+
+
 def _field(obj: Any, name: str, default: Any) -> Any:
     value = getattr(obj, name, default)
     return default if value is None else value
@@ -228,19 +231,9 @@ def _rag_passages(questions: Sequence[Question], retriever: Retriever, topk: int
 
 
 def rollout_config(cfg: EvalConfig, seed: int, single_turn: bool) -> Any:
-    from medr1.rollout import RolloutConfig
-
-    return RolloutConfig(
-        max_turns=1 if single_turn else cfg.max_turns,
-        max_new_tokens_per_turn=cfg.max_new_tokens_per_turn,
-        max_total_tokens=cfg.max_total_tokens,
-        topk=cfg.topk,
-        max_info_tokens=cfg.max_info_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        batch_size=cfg.batch_size,
-        seed=seed,
-    )
+    """The method's rollout under the shared budget (`medr1.rollout.for_method` applies the comparability rule)."""
+    return for_method(cfg, not single_turn, temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                      seed=seed)
 
 
 def _generate(loaded: Any, prompts: list[list[int]], retriever: Retriever | None, rcfg: Any,
@@ -269,16 +262,17 @@ def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retri
     `first` is the position of the batch's first question in the whole run: sampling seeds follow positions, so a
     resumed run draws what an uninterrupted one would."""
     start = time.perf_counter()
+    method = get_method(cfg.method)
     hits: list[list[Hit]] = [[] for _ in questions]
     rag_error = None
-    if cfg.method == "rag":
+    if method.retrieval == "prompt":
         assert retriever is not None
         hits, rag_error = _rag_passages(questions, retriever, cfg.topk)
     prompts = [
-        _prompt_ids(loaded, build_messages(q, cfg.method, format_passages(h) if cfg.method == "rag" else None))
+        _prompt_ids(loaded, build_messages(q, cfg.method, format_passages(h) if method.retrieval == "prompt" else None))
         for q, h in zip(questions, hits)
     ]
-    in_loop = retriever if cfg.method == "self-ask" else None
+    in_loop = retriever if method.in_loop else None
     trajectories = _generate(loaded, prompts, in_loop, rollout_config(cfg, seed, single_turn=in_loop is None), backend,
                              seed_offset=first)
     per_question = (time.perf_counter() - start) / max(1, len(questions))
@@ -295,7 +289,7 @@ def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retri
             "turns": int(_field(traj, "turns", 0)),
             "seconds": per_question,
         }
-        if cfg.method == "rag":
+        if method.retrieval == "prompt":
             trace["queries"] = [q.question[:MAX_QUERY_CHARS]]
             trace["retrieved_ids"] = [[hit.doc.id for hit in h]]
             trace["retrieved_titles"] = [[hit.doc.title for hit in h]]
@@ -310,81 +304,6 @@ def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retri
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _norm_title(text: str) -> str:
-    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
-
-
-class OptionRanker:
-    """The non-LLM reference: score each option's document against the findings (rules in the module docstring)."""
-
-    def __init__(self, retriever: Retriever) -> None:
-        self.retriever = retriever
-        # A hybrid index carries its BM25 half; a bm25 ranker scores with that.
-        self.scorer = getattr(retriever, "bm25", None) or retriever
-        docs: list[Document] | None = getattr(self.scorer, "docs", None)
-        self.by_title: dict[str, list[int]] = {}
-        self.index_of: dict[str, int] = {}
-        self.docs = docs
-        if docs:
-            for i, doc in enumerate(docs):
-                self.by_title.setdefault(_norm_title(doc.title), []).append(i)
-                self.index_of.setdefault(doc.id, i)
-        model = getattr(self.scorer, "model", None)
-        # The in-process bm25s index can score every document; other retrievers only rank their top hits.
-        self.exact_scores = bool(docs) and hasattr(model, "get_scores") and hasattr(self.scorer, "query_ids")
-
-    def _findings_scores(self, findings: str) -> Callable[[Document], float]:
-        if self.exact_scores:
-            ids = self.scorer.query_ids(findings)  # type: ignore[attr-defined]
-            if not ids:
-                return lambda doc: 0.0
-            scores = self.scorer.model.get_scores(ids)  # type: ignore[attr-defined]
-            return lambda doc: float(scores[self.index_of[doc.id]])
-        ranked = self.retriever.search([findings[:MAX_QUERY_CHARS]], k=MAX_TOPK)[0]
-        by_id = {hit.doc.id: hit.score for hit in ranked}
-        return lambda doc: float(by_id.get(doc.id, 0.0))
-
-    def _candidates(self, option: str) -> tuple[list[Document], bool]:
-        """Documents standing for one option, and whether they match its title exactly."""
-        key = _norm_title(option)
-        if self.docs and key in self.by_title:
-            return [self.docs[i] for i in self.by_title[key]], True
-        hits = self.retriever.search([option[:MAX_QUERY_CHARS]], k=5)[0] if option.strip() else []
-        exact = [h.doc for h in hits if _norm_title(h.doc.title) == key]
-        if exact:
-            return exact, True
-        return ([hits[0].doc] if hits else []), False
-
-    def rank(self, question: Question) -> dict[str, Any]:
-        """prediction (or None), per-option score, document id/title and exactness."""
-        score_of = self._findings_scores(question.question)
-        per_option: dict[str, dict[str, Any]] = {}
-        for letter, text in sorted(question.options.items()):
-            docs, exact = self._candidates(text)
-            if not docs:
-                per_option[letter] = {"doc_id": None, "title": None, "exact": False, "score": None}
-                continue
-            best = max(docs, key=score_of)  # max() keeps the first of equal scores: corpus order decides
-            per_option[letter] = {"doc_id": best.id, "title": best.title, "exact": exact, "score": score_of(best)}
-        scored = [(v["score"], letter) for letter, v in per_option.items() if v["score"] is not None]
-        prediction = None
-        if scored:
-            top = max(s for s, _ in scored)
-            prediction = min(letter for s, letter in scored if s == top)
-        return {"prediction": prediction, "options": per_option}
-
-
-def _ranker_completion(ranking: dict[str, Any]) -> str:
-    lines = []
-    for letter, v in ranking["options"].items():
-        if v["doc_id"] is None:
-            lines.append(f"{letter}: no document")
-        else:
-            how = "title" if v["exact"] else "nearest"
-            lines.append(f"{letter}: {v['title']} [{v['doc_id']}, {how}] BM25 {v['score']:.3f}")
-    return "\n".join(lines)
-
-
 def ranker_batch(questions: Sequence[Question], ranker: OptionRanker) -> list[dict]:
     records = []
     for q in questions:
@@ -396,7 +315,7 @@ def ranker_batch(questions: Sequence[Question], ranker: OptionRanker) -> list[di
         ids = [v["doc_id"] for v in ranking["options"].values() if v["doc_id"]]
         titles = [v["title"] for v in ranking["options"].values() if v["doc_id"]]
         records.append(_record(
-            q, "bm25-ranker", _ranker_completion(ranking), ranking["prediction"],
+            q, "bm25-ranker", ranker_completion(ranking), ranking["prediction"],
             queries=[q.question[:MAX_QUERY_CHARS]], retrieved_ids=[ids], retrieved_titles=[titles],
             finish_reason="ranked" if not errors else "error", tool_errors=errors, ranker=ranking["options"],
             seconds=time.perf_counter() - start,
@@ -424,7 +343,7 @@ def _open_retriever(spec: str | None) -> Retriever:
 def _load_model(cfg: EvalConfig) -> Any:
     from medr1.models import load_model
 
-    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=cfg.seed)
 
 
 def run_eval(cfg: EvalConfig, *, force: bool = False, questions: Sequence[Question] | None = None,
@@ -441,6 +360,7 @@ def run_eval(cfg: EvalConfig, *, force: bool = False, questions: Sequence[Questi
     _check_previous(out, cfg, force)
     save_config(cfg, out / "config.yaml")
     questions = list(questions) if questions is not None else _load_questions(cfg)
+    questions = [rotate_options(q, cfg.rotate) for q in questions] if cfg.rotate else questions
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
     if not questions:
@@ -450,15 +370,16 @@ def run_eval(cfg: EvalConfig, *, force: bool = False, questions: Sequence[Questi
     todo = questions[len(done):]
     wall = time.perf_counter()
     if todo:
-        if retriever is None and cfg.method != "cot":
+        method = get_method(cfg.method)
+        if retriever is None and method.retrieves:
             retriever = _open_retriever(cfg.index)
-        if cfg.num_threads and cfg.method in LLM_METHODS:
+        if cfg.num_threads and method.llm:
             import torch
 
             torch.set_num_threads(cfg.num_threads)  # an explicit request of this run's config (see EvalConfig)
-        if loaded is None and cfg.method in LLM_METHODS:
+        if loaded is None and method.llm:
             loaded = _load_model(cfg)
-        ranker = OptionRanker(retriever) if cfg.method == "bm25-ranker" else None
+        ranker = OptionRanker(retriever) if not method.llm else None
         backend = _make_backend(loaded, cfg.backend) if ranker is None else None
         # The rollout refills its batch as trajectories finish, so it gets several batches' worth of prompts at once;
         # a chunk is also the unit written to samples.jsonl (and so of resuming).
@@ -483,10 +404,11 @@ def run_eval(cfg: EvalConfig, *, force: bool = False, questions: Sequence[Questi
 
 
 def _write_metrics(cfg: EvalConfig, samples: list[dict], resumed_from: int, wall: float) -> dict[str, Any]:
-    metrics = aggregate(samples, uses_retrieval=cfg.method != "cot", text_metrics=cfg.method in LLM_METHODS)
+    method = get_method(cfg.method)
+    metrics = aggregate(samples, uses_retrieval=method.retrieves, text_metrics=method.llm)
     metrics.update({
         "method": cfg.method,
-        "model": cfg.model if cfg.method in LLM_METHODS else None,
+        "model": cfg.model if method.llm else None,
         "data": cfg.data,
         "index": cfg.index,
         "resumed_from": resumed_from,
@@ -507,7 +429,7 @@ def rescore(out: str | Path) -> dict[str, Any]:
     samples = read_jsonl_tolerant(out / "samples.jsonl")
     if not samples:
         raise DataError(f"{out}/samples.jsonl: no samples to rescore")
-    if cfg.method in LLM_METHODS:
+    if get_method(cfg.method).llm:
         for rec in samples:
             q = Question(id=rec["id"], question=rec["question"], options=rec.get("options") or {},
                          answer=rec.get("gold") or "")
@@ -558,76 +480,6 @@ def ask_case(case: str, options: dict[str, str] | None, cfg: EvalConfig, *, load
     rec = llm_batch([question], dataclasses.replace(cfg, method="self-ask"), loaded, retriever, seed=cfg.seed)[0]
     rec.update(gold=None, correct=None)
     return rec
-
-
-_SEGMENT_RE = re.compile(r"<(think|search|information|answer)>(.*?)(</\1>|\Z)", re.S)
-
-
-def trace_segments(completion: str, with_closed: bool = False) -> list[tuple]:
-    """(kind, text) pieces of a completion in order: think, search, information, answer, or text between tags.
-
-    With `with_closed`, (kind, text, closed): closed is False for a tag left open at the end (budget ran out)."""
-    segments: list[tuple] = []
-    pos = 0
-    for m in _SEGMENT_RE.finditer(completion):
-        between = completion[pos: m.start()].strip()
-        if between:
-            segments.append(("text", between, True) if with_closed else ("text", between))
-        piece = (m.group(1), m.group(2).strip())
-        segments.append((*piece, bool(m.group(3))) if with_closed else piece)
-        pos = m.end()
-    rest = completion[pos:].strip()
-    if rest:
-        segments.append(("text", rest, True) if with_closed else ("text", rest))
-    return segments
-
-
-def render_trace(rec: dict, color: bool = False, max_chars: int = 600) -> str:
-    """A sample record as readable text: the case, thinking, each search with its evidence titles, the answer."""
-    import typer
-
-    def paint(text: str, **style: Any) -> str:
-        return typer.style(text, **style) if color else text
-
-    def clip(text: str) -> str:
-        text = " ".join(text.split())
-        return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
-
-    lines = [paint("Case: ", bold=True) + clip(rec["question"])]
-    for letter, text in sorted((rec.get("options") or {}).items()):
-        lines.append(f"  {letter}. {text}")
-    titles = rec.get("retrieved_titles") or []
-    executed = len(rec.get("queries") or [])
-    n_search = 0
-    for kind, text, closed in trace_segments(rec.get("completion") or "", with_closed=True):
-        note = "" if closed else paint(" (unfinished: budget)", dim=True)
-        if kind == "think":
-            lines.append(paint("thinking: ", fg="cyan") + clip(text) + note)
-        elif kind == "search":
-            n_search += 1
-            if closed and n_search > executed:
-                note = paint(" (not run: turn limit)", dim=True)
-            lines.append(paint(f"search {n_search}: ", fg="yellow", bold=True) + clip(text) + note)
-        elif kind == "information":
-            found = titles[n_search - 1] if 0 < n_search <= len(titles) else []
-            evidence = " | ".join(found) if found else clip(text)
-            lines.append(paint("  evidence: ", fg="blue") + evidence)
-        elif kind == "answer":
-            lines.append(paint("answer: ", bold=True) + text + note)
-        else:
-            lines.append(paint("text: ", dim=True) + clip(text))
-    pred = rec.get("prediction")
-    chosen = (rec.get("options") or {}).get(pred, "") if pred else ""
-    verdict = ""
-    if rec.get("correct") is not None and rec.get("gold"):
-        ok = bool(rec.get("correct"))
-        verdict = paint(f"  [gold {rec['gold']}: {'right' if ok else 'wrong'}]", fg="green" if ok else "red", bold=True)
-    answer = f"{pred}. {chosen}" if chosen else (pred or "unparseable")
-    lines.append(paint("diagnosis: ", bold=True) + paint(answer, fg="green" if pred else "red", bold=True) + verdict)
-    lines.append(paint(
-        f"({rec.get('finish_reason')}; {len(rec.get('queries') or [])} searches; {rec.get('n_generated', 0)} tokens; "
-        f"{float(rec.get('seconds') or 0):.1f} s)", dim=True))
-    return "\n".join(lines)
 
 
 def format_metrics_table(metrics: dict[str, Any]) -> str:

@@ -8,16 +8,18 @@ tag protocol as the answer field. Exactly, in order:
 2. If the text has an answer span, the LAST one decides (a complete `<answer>…</answer>`, or else an unclosed
    `<answer>…` running to the end, as a budget-truncated generation leaves it). Inside it, first match wins:
    a. the span is a lone letter, optionally wrapped: `B`, `(B)`, `B.`, `**B**`, `b`;
-   b. it starts with a letter and a separator (MIRAGE's `^X.`, `^X:`, `^X,`, `^X/`, `^X or`, `^X)`): `B. Marfan`;
-   c. `option B` / `option (B)` (any case of "option");
-   d. `answer is B` / `answer: B`;
-   e. the span equals one option's text (case and surrounding punctuation ignored), when `options` are given.
+   b. the span equals one option's text (case, spacing and punctuation ignored), when `options` are given: the
+      model may name its choice instead of giving its letter (small models bind a name to its letter poorly,
+      so the harness does the binding, as it maps a disease name to an id in open diagnosis);
+   c. it starts with a letter and a separator (MIRAGE's `^X.`, `^X:`, `^X,`, `^X/`, `^X or`, `^X)`): `B. Marfan`;
+   d. `option B` / `option (B)` (any case of "option");
+   e. `answer is B` / `answer: B`.
    A span that matches none of these is unparseable: the model committed to an answer we cannot read, and the
-   fallbacks below are not consulted.
+   fallbacks below are not consulted. `tagged_answer` applies rule 2 alone; rewards pay only for it.
 3. Without any answer span, fallbacks over the model's text (MIRAGE style):
    a. the last `answer is X` / `answer: X` / `"answer_choice": "X"`;
    b. the whole text, tags and `<think>` blocks removed, is a lone letter (as in 2a);
-   c. that text starts with a letter and a separator (as in 2b): `D. Brain small vessel disease`, the way small
+   c. that text starts with a letter and a separator (as in 2c): `D. Brain small vessel disease`, the way small
       chat models open their reply when they ignore the tags.
 4. Otherwise None. Only letters in `letters` count (an `E` on a four-option question is unparseable).
 
@@ -60,7 +62,7 @@ def _lone_letter(text: str, letters: str) -> str | None:
 
 
 def _norm_option(text: str) -> str:
-    return " ".join(text.strip(_WRAP_CHARS).lower().split())
+    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
 
 
 def _leading_letter_pattern(letters: str) -> str:
@@ -68,9 +70,20 @@ def _leading_letter_pattern(letters: str) -> str:
     return rf"^\s*[*(\[]*({_letters_class(letters)})(?:[).:,/\]*]|\s+or\b|\s+and\b|\s+-)"
 
 
+def _option_named(span: str, letters: str, options: dict[str, str] | None) -> str | None:
+    """The letter of the one option whose text the span equals (case, spacing and punctuation ignored)."""
+    if not options:
+        return None
+    target = _norm_option(span)
+    named = [letter for letter, text in sorted(options.items()) if letter in letters and _norm_option(text) == target]
+    return named[0] if len(named) == 1 else None
+
+
 def _letter_in_span(span: str, letters: str, options: dict[str, str] | None) -> str | None:
     """Rules 2a-2e above, on the content of one answer span."""
     if (found := _lone_letter(span, letters)) is not None:
+        return found
+    if (found := _option_named(span, letters, options)) is not None:
         return found
     cls = _letters_class(letters)
     patterns = (
@@ -81,11 +94,6 @@ def _letter_in_span(span: str, letters: str, options: dict[str, str] | None) -> 
     for pat in patterns:
         if m := re.search(pat, span):
             return m.group(1)
-    if options:
-        target = _norm_option(span)
-        for letter, text in sorted(options.items()):
-            if letter in letters and _norm_option(text) == target:
-                return letter
     return None
 
 
@@ -101,15 +109,22 @@ def answer_span(text: str) -> str | None:
     return spans[-1].strip() if spans else None
 
 
+def tagged_answer(text: str, letters: Iterable[str], options: dict[str, str] | None = None) -> str | None:
+    """The letter of the last `<answer>` span only (rule 2), no fallbacks: what the tag protocol and the rewards
+    count as the model's answer. None without an answer span or when the span names no option."""
+    letters = "".join(sorted(set(letters)))
+    span = answer_span(strip_information(text or "")) if letters else None
+    return None if span is None else _letter_in_span(span, letters, options)
+
+
 def extract_answer(text: str, letters: Iterable[str], options: dict[str, str] | None = None) -> str | None:
     """The chosen option letter in a completion, or None when unparseable (rules in the module docstring)."""
     letters = "".join(sorted(set(letters)))
     if not letters or not text:
         return None
     own = strip_information(text)
-    span = answer_span(own)
-    if span is not None:
-        return _letter_in_span(span, letters, options)
+    if answer_span(own) is not None:
+        return tagged_answer(own, letters, options)
     cls = _letters_class(letters)
     fallback = re.findall(
         rf"(?:(?i:answer)\s+is\s*:?\s*\(?|(?i:answer)\s*:\s*\(?|\"answer_choice\"\s*:\s*\")({cls})\b", own

@@ -87,6 +87,8 @@ R1_DISTILL = ModelSpec(
 GENERIC = ModelSpec(name="generic")
 
 REGISTRY: tuple[ModelSpec, ...] = (SMOLLM2, R1_DISTILL)
+# LoRA target modules of the Llama-architecture models (SmolLM2, R1-Distill-Llama): every projection.
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_MODEL = SMOLLM2.name
 
 
@@ -226,6 +228,87 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# tiny-random-llama: a 2-layer Llama with random weights and a small byte-level BPE tokenizer trained in-process
+# (ChatML template, SmolLM2's special tokens), built in about a second with no files; the smoke recipe and the fast
+# tests use it. Every command loads it by name like any other model.
+# ---------------------------------------------------------------------------------------------------------------------
+
+TINY_MODEL = "tiny-random-llama"
+_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_CHATML = (  # SmolLM2's ChatML, including continue_final_message (prefilled assistant turns)
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% if not (loop.last and continue_final_message) %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Text the tiny tokenizer's merges are learned from: the tag protocol and prompt vocabulary, so traces tokenize
+# into a few hundred tokens rather than thousands of bytes; tags split into "<", "search", ">" as in SmolLM2.
+_TINY_CORPUS = (
+    "<think>The findings suggest a syndrome; I should check.</think>\n<search>tall stature lens dislocation</search>\n"
+    "<information>\nDoc 1 (Title: Marfan syndrome) Tall stature, arachnodactyly, ectopia lentis\n</information>\n"
+    "<answer>B</answer> <answer>A</answer> <answer>C</answer> <answer>D</answer> Question: A 12-year-old girl "
+    "presents with seizures, intellectual disability and fever. Which is the most likely diagnosis? Options:\n"
+    "A. Disease\nB. Syndrome\nC. Deficiency\nD. Dysplasia\nThink step by step inside, then give the final answer as "
+    "LETTER with LETTER one of A, B, C, D. You are a medical diagnostician. Reason inside. To look something up, "
+    "write query; results come back. Frequent: hypotonia. Occasional: cataract. Onset: childhood. "
+    "Inheritance: autosomal recessive."
+)
+
+
+def tiny_tokenizer() -> Any:
+    """A byte-level BPE tokenizer (any text encodes) with a ChatML template, trained in-process, deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=list(_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = _CHATML
+    return fast
+
+
+def tiny_random_llama(seed: int = 0, hidden: int = 64, layers: int = 2,
+                      initializer_range: float = 0.02) -> tuple[Any, Any]:
+    """(model, tokenizer): a small random Llama (2 layers, 64 wide by default) over `tiny_tokenizer()`, seeded.
+
+    A larger `initializer_range` (the tests use 0.2) gives sharper random logits, so greedy text varies.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=initializer_range,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.config.name_or_path = TINY_MODEL
+    return model, tokenizer
+
+
 def resolve_source(name_or_path: str) -> tuple[str, ModelSpec, bool]:
     """(where to load from, spec, is_local) for a registry name, local directory or hub id."""
     spec = get_spec(name_or_path)
@@ -265,11 +348,18 @@ def _hub_error(source: str, exc: Exception) -> ModelError:
     )
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a causal LM and its tokenizer; `dtype="auto"` takes the spec's preferred dtype for the device."""
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
+               seed: int = 0) -> LoadedModel:
+    """Load a causal LM and its tokenizer; `dtype="auto"` takes the spec's preferred dtype for the device.
+    `tiny-random-llama` is built in-process from `seed` (SmolLM2's facts: ChatML, <|im_end|> ends a turn)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name_or_path == TINY_MODEL:
+        model, tokenizer = tiny_random_llama(seed)
+        model.to(pick_device(device))
+        model.eval()
+        return wrap_loaded(model, tokenizer, SMOLLM2)
     source, spec, is_local = resolve_source(name_or_path)
     device = pick_device(device)
     dtype_name = spec.dtype_for(device) if dtype == "auto" else dtype
@@ -306,6 +396,17 @@ def stop_token_ids(tokenizer: Any, spec: ModelSpec, model: Any = None) -> tuple[
     vocab = tokenizer.get_vocab()
     ids.extend(vocab[s] for s in spec.eos_strings if s in vocab)
     return tuple(dict.fromkeys(ids))
+
+
+def end_of_turn_id(loaded: Any) -> int:
+    """The token that ends an assistant turn: the spec's first end-of-turn string in the vocabulary, else eos."""
+    vocab = loaded.tokenizer.get_vocab()
+    for text in loaded.spec.eos_strings:
+        if text in vocab:
+            return int(vocab[text])
+    if loaded.tokenizer.eos_token_id is None:
+        raise ModelError(f"tokenizer of {loaded.source or loaded.spec.name} has no eos token")
+    return int(loaded.tokenizer.eos_token_id)
 
 
 def wrap_loaded(model: Any, tokenizer: Any, spec: ModelSpec | None = None) -> LoadedModel:

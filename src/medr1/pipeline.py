@@ -32,7 +32,8 @@ a new fingerprint, so the stages reading it run again too. The training stages r
 benchmark stage, so `--set run.max_questions=N` (or another evaluation dataset) re-evaluates without retraining.
 
 The recipe is one YAML file of flat sections: `run:` (RunConfig), `data:` (DataConfig), `index:` (IndexConfig),
-`eval:` (medr1.evaluate.EvalConfig), `sft:` (medr1.train.sft.SFTConfig), `grpo:` (medr1.train.grpo.GRPOConfig).
+`rollout:` (medr1.rollout.Budget: the budgets every training and evaluation stage receives unchanged), `eval:`
+(medr1.evaluate.EvalConfig), `sft:` (medr1.train.sft.SFTConfig), `grpo:` (medr1.train.grpo.GRPOConfig).
 The pipeline sets, in every section, what must agree across stages: the model (`run.model`; GRPO starts from the
 SFT model), the index (this run's), `seed` (`run.seed`), output directories (the stage directories) and `hpo-dx:SPLIT`
 specs (this run's HPO-Dx build). Each stage's resolved configs go into `<stage>/stage.yaml` (and `config.yaml`).
@@ -63,17 +64,14 @@ import yaml
 from medr1.config import config_dict, load_config, parse_overrides, read_yaml, save_config
 from medr1.errors import ConfigError, Medr1Error
 from medr1.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, file_sha256, stable_hash
+from medr1.methods import STAGES, eval_dir, get_method, stage_variants
 from medr1.paths import PROJECT_ROOT
 
 PROFILES = ("smoke", "quickstart")
-STAGES = (
-    "corpus", "index", "benchmark", "baselines", "sft", "eval-sft", "grpo", "grpo-cot", "eval-grpo",
-    "eval-grpo-cot", "report",
-)
-BASELINE_METHODS = ("cot", "rag", "self-ask", "bm25-ranker")
+BASELINE_METHODS = tuple(v.method for v in stage_variants("baselines"))
 DONE_FILE = "done.json"
 STARTED_FILE = "started.json"
-SECTIONS = ("run", "data", "index", "eval", "sft", "grpo")
+SECTIONS = ("run", "data", "index", "rollout", "eval", "sft", "grpo")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -101,9 +99,8 @@ class RunConfig:
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
             raise ConfigError(f"run.name must be letters, digits, '.', '_' or '-', got {self.name!r}")
-        unknown = [m for m in self.baselines if m not in BASELINE_METHODS]
-        if unknown:
-            raise ConfigError(f"run.baselines: unknown {unknown}; known: {list(BASELINE_METHODS)}")
+        for m in self.baselines:
+            get_method(m, "run.baselines")
         if not self.datasets:
             raise ConfigError("run.datasets is empty: name at least one dataset, e.g. [hpo-dx:test]")
         if self.max_questions is not None and self.max_questions < 1:
@@ -157,8 +154,16 @@ class Plan:
     progress: bool = True
 
     def section_config(self, cls: type, section: str, forced: dict[str, Any] | None = None) -> Any:
-        """`cls` from the recipe's `section`, the --set overrides, then the pipeline's `forced` values."""
-        values: dict[str, Any] = dict(self.overrides.get(section, {}))
+        """`cls` from the recipe's `section`, the --set overrides, then the pipeline's `forced` values. A config
+        holding the rollout budgets gets them from the `rollout:` section (and `--set rollout.KEY=V`) only, so
+        every stage receives the same ones."""
+        own = dict(self.overrides.get(section, {}))
+        shared = sorted(set(own) & set(getattr(cls, "SHARED_KEYS", ())))
+        if shared:
+            raise ConfigError(f"--set {section}.{shared[0]}: the budgets are shared by every stage; "
+                              f"set rollout.{shared[0]} instead")
+        values: dict[str, Any] = dict(self.overrides.get("rollout", {})) if hasattr(cls, "SHARED_KEYS") else {}
+        values.update(own)
         values.update(forced or {})
         return load_config(cls, self.recipe, overrides=values, section=section)
 
@@ -488,23 +493,17 @@ def execute_benchmark(ctx: StageContext) -> dict[str, Any]:
 
 # --- evaluations -----------------------------------------------------------------------------------------------------
 
-# stage -> (which model: "base" | the training stage whose final model is evaluated, methods)
-EVAL_STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "baselines": ("base", BASELINE_METHODS),
-    "eval-sft": ("sft", ("cot", "self-ask")),
-    "eval-grpo": ("grpo", ("self-ask",)),
-    "eval-grpo-cot": ("grpo-cot", ("cot",)),
-}
-
-
 def _eval_model(plan: Plan, stage: str, inputs: dict) -> str:
-    source = EVAL_STAGES[stage][0]
+    source = stage_variants(stage)[0].model
     return plan.run.model if source == "base" else inputs[source]["final_model"]
 
 
 def _eval_methods(plan: Plan, stage: str) -> list[str]:
-    methods = EVAL_STAGES[stage][1]
-    return [m for m in methods if m in plan.run.baselines] if stage == "baselines" else list(methods)
+    """The methods of the stage's variants (`medr1.methods.VARIANTS`); baselines: those `run.baselines` lists, and
+    any other method of the table named there."""
+    if stage == "baselines":
+        return list(dict.fromkeys(plan.run.baselines))
+    return [v.method for v in stage_variants(stage)]
 
 
 def configure_eval(stage: str) -> Configure:
@@ -519,7 +518,7 @@ def configure_eval(stage: str) -> Configure:
             for method in _eval_methods(plan, stage):
                 forced = {
                     "model": model, "method": method, "data": f"jsonl:{entry['path']}", "seed": plan.run.seed,
-                    "out": str(plan.stage_dir(stage) / method / entry["key"]),
+                    "out": str(eval_dir(plan.run_dir, stage, method, entry["key"])),
                     "index": inputs["index"]["index_dir"],
                 }
                 configs[f"{method}/{entry['key']}"] = plan.section_config(EvalConfig, "eval", forced)
@@ -529,18 +528,16 @@ def configure_eval(stage: str) -> Configure:
 
 
 def load_model_for_eval(name: str, device: str, dtype: str, seed: int) -> Any:
-    """A LoadedModel in eval mode; `tiny-random-llama` (smoke recipe) is built in-process like in training."""
-    from medr1.train.common import load_for_training
+    """A LoadedModel in eval mode (`tiny-random-llama`, the smoke recipe's, is built from `seed`)."""
+    from medr1.models import load_model
 
-    loaded = load_for_training(name, device=device, dtype=dtype, seed=seed)
-    loaded.model.eval()
-    return loaded
+    return load_model(name, device=device, dtype=dtype, seed=seed)
 
 
 def execute_eval(ctx: StageContext) -> dict[str, Any]:
     """Every (method, dataset) of the stage, one model load and one retriever for all of them."""
     from medr1.data.sources import load_questions
-    from medr1.evaluate import LLM_METHODS, run_eval
+    from medr1.evaluate import run_eval
     from medr1.retrieval import open_retriever
 
     configs = ctx.configs
@@ -548,9 +545,9 @@ def execute_eval(ctx: StageContext) -> dict[str, Any]:
     if first is None:
         return {"evals": [], "paths": []}
     loaded = None
-    if any(c.method in LLM_METHODS for c in configs.values()):
+    if any(get_method(c.method).llm for c in configs.values()):
         loaded = load_model_for_eval(first.model, first.device, first.dtype, ctx.plan.run.seed)
-    retriever = open_retriever(first.index) if any(c.method != "cot" for c in configs.values()) else None
+    retriever = open_retriever(first.index) if any(get_method(c.method).retrieves for c in configs.values()) else None
     questions: dict[str, list] = {}
     evals = []
     for label, cfg in configs.items():

@@ -1,6 +1,6 @@
 """Chat prompts for the evaluation methods (and for training, so train and eval see the same text).
 
-Three methods, all built on the tag protocol of `medr1.tags`:
+One builder per LLM method of the method table (`medr1.methods`), all on the tag protocol of `medr1.tags`:
 
 - `cot`: think inside <think>…</think>, then <answer>LETTER</answer>; no retrieval.
 - `rag`: MedRAG-style: the top-k passages retrieved with the question are shown first, then the question; think and
@@ -36,8 +36,6 @@ from medr1.tags import (
     THINK_CLOSE,
     THINK_OPEN,
 )
-
-METHODS = ("cot", "rag", "self-ask")
 
 # Per-passage word budget in prompts and observations: 5 passages x 60 words stays well inside SmolLM2's context.
 PASSAGE_MAX_WORDS = 60
@@ -111,15 +109,26 @@ def _self_ask_instructions(question: Question) -> str:
     )
 
 
-def build_messages(question: Question, method: str, passages: list[str] | None = None) -> list[dict]:
-    """Chat messages for `method` (cot, rag, self-ask); `passages` (formatted, see `format_passages`) for rag."""
-    if method == "cot":
-        body = f"{_question_block(question)}\n\n{_cot_instructions(question)}"
-    elif method == "rag":
-        docs = "\n".join(passages) if passages else "No documents found."
-        body = f"Relevant documents:\n{docs}\n\n{_question_block(question)}\n\n{_cot_instructions(question)}"
-    elif method == "self-ask":
-        body = f"{_self_ask_instructions(question)}\n\n{_question_block(question)}"
-    else:
-        raise ConfigError(f"unknown prompt method {method!r}; expected one of {', '.join(METHODS)}")
+def cot_messages(question: Question) -> list[dict]:
+    return [{"role": "user", "content": f"{_question_block(question)}\n\n{_cot_instructions(question)}"}]
+
+
+def rag_messages(question: Question, passages: list[str] | None) -> list[dict]:
+    docs = "\n".join(passages) if passages else "No documents found."
+    body = f"Relevant documents:\n{docs}\n\n{_question_block(question)}\n\n{_cot_instructions(question)}"
     return [{"role": "user", "content": body}]
+
+
+def self_ask_messages(question: Question) -> list[dict]:
+    return [{"role": "user", "content": f"{_self_ask_instructions(question)}\n\n{_question_block(question)}"}]
+
+
+def build_messages(question: Question, method: str, passages: list[str] | None = None) -> list[dict]:
+    """Chat messages for an LLM `method` of the method table (`medr1.methods`); `passages` (formatted, see
+    `format_passages`) for a method that retrieves into the prompt."""
+    from medr1.methods import get_method
+
+    entry = get_method(method, "prompt method")
+    if entry.prompt is None:
+        raise ConfigError(f"prompt method {method!r} is not an LLM method (it has no prompt)")
+    return entry.prompt(question, passages)

@@ -6,7 +6,7 @@
 What it reads (all optional: anything missing shows as "not run"):
     benchmark/datasets.json                         the datasets (columns) and their sizes
     <stage>/<method>/<dataset>/metrics.json         evaluation metrics (medr1.evaluate), one per table cell
-    <stage>/<method>/<dataset>/samples.jsonl        per-question traces, for the exemplars
+    <stage>/<method>/<dataset>/samples.jsonl        per-question outcomes and traces: paired H1/H2, exemplars
     sft/metrics.jsonl, grpo/metrics.jsonl, grpo-cot/metrics.jsonl   per-step training metrics, for the curves
     <stage>/done.json, run.json, provenance.json, recipe.yaml       timings, versions, hardware, the recipe
 
@@ -16,9 +16,10 @@ training curves (matplotlib, Agg, PNG; files under report_files/ for the markdow
 exemplar traces (colour-marked in HTML: correct green, wrong red, searches blue, retrieved information grey) and the
 provenance (model, corpus and HPO release, data versions, recipe, seed, hardware, timings per stage).
 
-Intervals: each accuracy carries its Wilson 95% interval. A difference of accuracies (and H2's difference of
-differences) gets a MOVER interval (Newcombe's method: the Wilson intervals of the parts combined), which treats the
-variants as independent samples; on the same questions that is conservative.
+Intervals: each accuracy carries its Wilson 95% interval. Variants are compared PAIRED on the same questions
+(`medr1.stats`): H1 = self-ask − cot of the same model (untrained, and after SFT) with Newcombe's paired interval and
+McNemar's p; H2 = (GRPO+RAG − SFT+RAG) − (GRPO − SFT) per question, with a paired-bootstrap interval. The evaluations
+of one run share one rollout budget (`medr1.rollout.Budget`), so the comparisons are at the same budget.
 """
 
 from __future__ import annotations
@@ -35,33 +36,15 @@ from typing import Any
 
 from medr1.errors import DataError
 from medr1.io import atomic_open, atomic_write_text, read_jsonl_tolerant
+from medr1.traces import trace_html, trace_markdown
+from medr1.methods import (EXEMPLAR_ORDER, STAGES, VARIANT_BY_LABEL, VARIANTS, Variant, eval_dir, get_method,
+                           variant_dir)
 
 NOT_RUN = "not run"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 FILES_DIR = "report_files"
 
-
-@dataclass(frozen=True)
-class Row:
-    label: str
-    stage: str
-    method: str
-    note: str
-
-
-# The comparison table's rows, in the order of the research plan.
-ROWS: tuple[Row, ...] = (
-    Row("baseline cot", "baselines", "cot", "base model, chain of thought, no retrieval"),
-    Row("baseline rag", "baselines", "rag", "base model, top-k passages retrieved with the question"),
-    Row("baseline self-ask", "baselines", "self-ask", "base model, searches while reasoning"),
-    Row("SFT", "eval-sft", "cot", "after SFT, no retrieval"),
-    Row("SFT+RAG", "eval-sft", "self-ask", "after SFT, self-ask retrieval"),
-    Row("GRPO", "eval-grpo-cot", "cot", "GRPO trained and evaluated without retrieval"),
-    Row("GRPO+RAG", "eval-grpo", "self-ask", "GRPO trained and evaluated with self-ask retrieval"),
-    Row("bm25-ranker", "baselines", "bm25-ranker", "no LLM: BM25 of each option's document against the findings"),
-)
-ROW_BY_LABEL = {r.label: r for r in ROWS}
 
 # training curves: run label -> stage directory holding metrics.jsonl
 TRAINING_RUNS = (("SFT", "sft"), ("GRPO+RAG", "grpo"), ("GRPO (no retrieval)", "grpo-cot"))
@@ -75,9 +58,6 @@ SFT_PANELS = (
     ("loss", ("loss",)),
     ("token accuracy", ("token_accuracy", "mean_token_accuracy")),
 )
-STAGE_ORDER = ("corpus", "index", "benchmark", "baselines", "sft", "eval-sft", "grpo", "grpo-cot", "eval-grpo",
-               "eval-grpo-cot", "report")
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # reading a run directory
@@ -106,8 +86,8 @@ def _read_json(path: Path) -> Any:
 def _discover_datasets(run_dir: Path) -> list[dict[str, Any]]:
     """Dataset keys from the evaluation directories, when benchmark/datasets.json is absent."""
     keys: list[str] = []
-    for row in ROWS:
-        method_dir = run_dir / row.stage / row.method
+    for row in VARIANTS:
+        method_dir = eval_dir(run_dir, row.stage, row.method, "")
         if method_dir.is_dir():
             keys.extend(p.name for p in sorted(method_dir.iterdir()) if (p / "metrics.json").is_file())
     return [{"key": k, "title": k, "status": "ok"} for k in dict.fromkeys(keys)]
@@ -119,16 +99,16 @@ def load_artifacts(run_dir: str | Path) -> RunArtifacts:
     art = RunArtifacts(run_dir=run_dir)
     datasets = _read_json(run_dir / "benchmark" / "datasets.json")
     art.datasets = datasets if isinstance(datasets, list) else _discover_datasets(run_dir)
-    for row in ROWS:
+    for row in VARIANTS:
         for ds in art.datasets:
-            metrics = _read_json(run_dir / row.stage / row.method / ds["key"] / "metrics.json")
+            metrics = _read_json(eval_dir(run_dir, row.stage, row.method, ds["key"]) / "metrics.json")
             if isinstance(metrics, dict):
                 art.results[(row.label, ds["key"])] = metrics
     for label, stage in TRAINING_RUNS:
         records = read_jsonl_tolerant(run_dir / stage / "metrics.jsonl")
         if records:
             art.curves[label] = records
-    for stage in STAGE_ORDER:
+    for stage in STAGES:
         done = _read_json(run_dir / stage / "done.json")
         if isinstance(done, dict):
             art.stages[stage] = done
@@ -140,8 +120,7 @@ def load_artifacts(run_dir: str | Path) -> RunArtifacts:
 
 
 def samples_path(run_dir: Path, row_label: str, dataset_key: str) -> Path:
-    row = ROW_BY_LABEL[row_label]
-    return run_dir / row.stage / row.method / dataset_key / "samples.jsonl"
+    return variant_dir(run_dir, row_label, dataset_key) / "samples.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,11 +171,11 @@ def shown_datasets(datasets: Sequence[dict[str, Any]], results: dict[tuple[str, 
 
 
 def comparison_table(results: dict[tuple[str, str], dict[str, Any]], datasets: Sequence[dict[str, Any]],
-                     rows: Sequence[Row] = ROWS) -> tuple[list[str], list[list[list[str]]]]:
+                     rows: Sequence[Variant] = VARIANTS) -> tuple[list[str], list[list[list[str]]]]:
     """(header, body): body[i][j] is the list of cell parts of row i, dataset j (["not run"] when missing)."""
     cols = shown_datasets(datasets, results)
     header = ["variant"] + [column_title(d) for d in cols]
-    body = [[[r.label]] + [cell_parts(results.get((r.label, d["key"])), r.method != "bm25-ranker") for d in cols]
+    body = [[[r.label]] + [cell_parts(results.get((r.label, d["key"])), get_method(r.method).llm) for d in cols]
             for r in rows]
     return header, body
 
@@ -220,7 +199,7 @@ DETAIL_KEYS = (
 
 
 def detail_rows(results: dict[tuple[str, str], dict[str, Any]], datasets: Sequence[dict[str, Any]],
-                rows: Sequence[Row] = ROWS) -> tuple[list[str], list[list[str]]]:
+                rows: Sequence[Variant] = VARIANTS) -> tuple[list[str], list[list[str]]]:
     """A row per (variant, dataset) that ran: n, accuracy [CI], unparseable, gold-doc hit, searches, tokens, time."""
     header = ["variant", "dataset"] + [title for _, title in DETAIL_KEYS]
     body = []
@@ -288,6 +267,59 @@ def _short_path(value: Any) -> str:
     return f"{kind}{sep}{arg}"
 
 
+def eval_samples(eval_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(samples, resolved config) of one `medr1 eval` output directory; an error naming what is missing."""
+    import yaml
+
+    path = Path(eval_dir) / "samples.jsonl"
+    samples = read_jsonl_tolerant(path)
+    if not samples:
+        raise DataError(f"{path}: no samples (has `medr1 eval --out {eval_dir}` run?)")
+    cfg_path = Path(eval_dir) / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    return samples, cfg if isinstance(cfg, dict) else {}
+
+
+def budget_mismatch(cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> list[str]:
+    """The rollout budget keys on which two LLM evaluations differ (a non-LLM method has no budget)."""
+    from medr1.rollout import BUDGET_KEYS
+
+    if not all(get_method(str(c.get("method")), "compare").llm for c in (cfg_a, cfg_b)):
+        return []
+    return [f"{k}: {cfg_a.get(k)} vs {cfg_b.get(k)}" for k in BUDGET_KEYS if cfg_a.get(k) != cfg_b.get(k)]
+
+
+def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: bool = False) -> str:
+    """The paired comparison of two evals on the same questions (accuracy difference with Newcombe's paired 95%
+    interval and McNemar's p), refused when their questions or (for two LLM methods) their budgets differ."""
+    from medr1.stats import align, paired_difference
+
+    (sa, ca), (sb, cb) = eval_samples(dir_a), eval_samples(dir_b)
+    differ = budget_mismatch(ca, cb)
+    if differ and not allow_budget_mismatch:
+        raise DataError(f"{dir_a} and {dir_b} ran at different budgets ({'; '.join(differ)}): not comparable; "
+                        "re-run one with the other's rollout budget, or pass --allow-budget-mismatch")
+    _, a, b = align(sa, sb, (str(dir_a), str(dir_b)))
+    r = paired_difference(a, b)
+    lines = [
+        "| | eval | method | accuracy |", "|---|---|---|---|",
+        f"| A | {dir_a} | {ca.get('method', '?')} | {100 * r.accuracy_a:.1f}% |",
+        f"| B | {dir_b} | {cb.get('method', '?')} | {100 * r.accuracy_b:.1f}% |",
+        "", f"A − B = {r.text()} (Newcombe's paired 95% interval; McNemar's test)",
+    ]
+    if differ:
+        lines.append(f"Warning: different budgets ({'; '.join(differ)}).")
+    if ca.get("rotate", 0) != cb.get("rotate", 0):
+        from medr1.stats import rotation_agreement
+
+        rot = rotation_agreement(sa, sb)
+        if rot["n"]:
+            lines.append(f"Option rotation ({ca.get('rotate', 0)} vs {cb.get('rotate', 0)}): of {rot['n']} questions "
+                         f"answered in both, the answer follows the content in {100 * rot['follows_content']:.1f}% "
+                         f"and the letter in {100 * rot['follows_letter']:.1f}%.")
+    return "\n".join(lines)
+
+
 def eval_traces(eval_dir: str | Path, ids: Sequence[str] = (), k: int = 2) -> str:
     """Readable traces from an eval's samples.jsonl: the given ids, or k alternating right/wrong (searching first)."""
     path = Path(eval_dir) / "samples.jsonl"
@@ -305,100 +337,67 @@ def eval_traces(eval_dir: str | Path, ids: Sequence[str] = (), k: int = 2) -> st
     return "\n\n".join(trace_markdown(s, f"{s.get('method')}, {Path(str(eval_dir)).name}") for s in chosen)
 
 
-@dataclass(frozen=True)
-class Estimate:
-    value: float
-    low: float
-    high: float
-
-    def text(self, points: bool = True) -> str:
-        scale, unit = (100, " pp") if points else (1, "")
-        return f"{scale * self.value:+.1f}{unit} [{scale * self.low:+.1f}, {scale * self.high:+.1f}]"
+def _verdict(r: Any, supported: str, against: str, n: int) -> str:
+    if r.ci_low > 0:
+        return supported
+    if r.ci_high < 0:
+        return against
+    return f"The paired interval contains 0: not separable at n = {n}."
 
 
-def proportion(m: dict[str, Any] | None) -> tuple[float, float, float] | None:
-    """(accuracy, ci_low, ci_high) of a metrics dict, or None when it did not run."""
-    if not m:
-        return None
-    p, lo, hi = _num(m.get("accuracy")), _num(m.get("ci_low")), _num(m.get("ci_high"))
-    if p is None or lo is None or hi is None:
-        return None
-    return p, lo, hi
+def h1_statement(dataset: str, model: str, outcomes: dict[str, list[bool] | None], with_label: str,
+                 without_label: str) -> str:
+    """H1 on one dataset for one model: self-ask − cot on the same questions (aligned outcomes), paired."""
+    from medr1.stats import paired_difference
 
-
-def mover_interval(terms: Sequence[tuple[float, tuple[float, float, float]]]) -> Estimate:
-    """MOVER interval of sum(c * p) from each p's own interval (Newcombe's method for a difference of proportions)."""
-    value = sum(c * p for c, (p, _, _) in terms)
-    down = sum((c * (p - lo)) ** 2 if c > 0 else (c * (hi - p)) ** 2 for c, (p, lo, hi) in terms)
-    up = sum((c * (hi - p)) ** 2 if c > 0 else (c * (p - lo)) ** 2 for c, (p, lo, hi) in terms)
-    return Estimate(value, value - math.sqrt(down), value + math.sqrt(up))
-
-
-def intervals_overlap(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
-    return a[1] <= b[2] and b[1] <= a[2]
-
-
-def _acc(p: tuple[float, float, float]) -> str:
-    return f"{100 * p[0]:.1f}% [{100 * p[1]:.1f}–{100 * p[2]:.1f}]"
-
-
-def h1_statement(dataset: str, results: dict[str, dict[str, Any] | None]) -> str:
-    """H1 on one dataset: the better retrieval baseline (rag or self-ask) against cot, all without RL.
-
-    `results` maps row labels ("baseline cot", "baseline rag", "baseline self-ask") to metrics (or None).
-    """
-    cot = proportion(results.get("baseline cot"))
-    candidates = {lab: proportion(results.get(lab)) for lab in ("baseline rag", "baseline self-ask")}
-    candidates = {lab: p for lab, p in candidates.items() if p is not None}
-    if cot is None or not candidates:
-        return (f"**H1 ({dataset})**: not answered, because the baseline cot and retrieval baselines did not all "
-                "run on this dataset.")
-    best_label = max(candidates, key=lambda lab: candidates[lab][0])
-    best = candidates[best_label]
-    diff = mover_interval([(1.0, best), (-1.0, cot)])
-    overlap = intervals_overlap(best, cot)
-    method = best_label.removeprefix("baseline ")
-    head = (f"**H1 ({dataset})**: the best retrieval method without RL, {method} (the more accurate of rag and "
-            f"self-ask), scores {_acc(best)} against cot's {_acc(cot)}: a difference of {diff.text()} (95% interval).")
-    if not overlap and diff.value > 0:
-        verdict = "The 95% intervals separate: retrieval raises accuracy here, so H1 is supported."
-    elif not overlap:
-        verdict = ("The 95% intervals separate, in the wrong direction: retrieval lowers accuracy here, so H1 is not "
-                   "supported.")
-    elif diff.low > 0:
-        verdict = ("The accuracy intervals overlap, but the interval of the difference excludes 0: H1 is supported, "
-                   "weakly.")
-    elif diff.high < 0:
-        verdict = "The accuracy intervals overlap, but the difference is below 0: retrieval lowers accuracy here."
-    else:
-        verdict = "The intervals overlap and the difference's interval contains 0: not separable at this sample size."
+    a, b = outcomes.get(with_label), outcomes.get(without_label)
+    if a is None or b is None:
+        missing = [lab for lab, v in ((with_label, a), (without_label, b)) if v is None]
+        return f"**H1 ({dataset}, {model})**: not answered; {', '.join(missing)} did not run on this dataset."
+    r = paired_difference(a, b)
+    head = (f"**H1 ({dataset}, {model})**: {with_label} {100 * r.accuracy_a:.1f}% vs {without_label} "
+            f"{100 * r.accuracy_b:.1f}% on the same {r.n} questions and budget: {r.text()}.")
+    verdict = _verdict(r, "Retrieval raises accuracy: H1 is supported.",
+                       "Retrieval lowers accuracy here: H1 is not supported.", r.n)
     return f"{head} {verdict}"
 
 
-def h2_statement(dataset: str, with_rl_rag: dict | None, ref_rag: dict | None, with_rl_cot: dict | None,
-                 ref_cot: dict | None, ref_name: str) -> str:
-    """H2 on one dataset: RL gain with retrieval vs RL gain without, each against `ref_name`'s same-method row."""
-    parts = {"GRPO+RAG": proportion(with_rl_rag), f"{ref_name} (self-ask)": proportion(ref_rag),
-             "GRPO": proportion(with_rl_cot), f"{ref_name} (cot)": proportion(ref_cot)}
-    missing = [k for k, v in parts.items() if v is None]
+def h2_statement(dataset: str, outcomes: dict[str, list[bool] | None], ref: tuple[str, str, str]) -> str:
+    """H2 on one dataset: (GRPO+RAG − ref self-ask) − (GRPO − ref cot), a paired difference in differences over
+    the same questions; `ref` = (name, its self-ask row, its cot row)."""
+    from medr1.stats import difference_in_differences, paired_difference
+
+    name, ref_rag, ref_cot = ref
+    parts = {lab: outcomes.get(lab) for lab in ("GRPO+RAG", ref_rag, "GRPO", ref_cot)}
+    missing = [lab for lab, v in parts.items() if v is None]
     if missing:
-        return f"**H2 ({dataset}, vs {ref_name})**: not answered; {', '.join(missing)} did not run."
-    g_rag = mover_interval([(1.0, parts["GRPO+RAG"]), (-1.0, parts[f"{ref_name} (self-ask)"])])
-    g_cot = mover_interval([(1.0, parts["GRPO"]), (-1.0, parts[f"{ref_name} (cot)"])])
-    dd = mover_interval([(1.0, parts["GRPO+RAG"]), (-1.0, parts[f"{ref_name} (self-ask)"]),
-                         (-1.0, parts["GRPO"]), (1.0, parts[f"{ref_name} (cot)"])])
-    head = (f"**H2 ({dataset}, vs {ref_name})**: RL gain with retrieval (GRPO+RAG − {ref_name} self-ask) = "
-            f"{g_rag.text()}; RL gain without retrieval (GRPO cot − {ref_name} cot) = {g_cot.text()}; "
-            f"difference of gains {dd.text()} (95% intervals).")
-    if dd.low > 0:
-        verdict = "The RL gain with retrieval exceeds the gain without it: H2 is supported."
-    elif dd.high < 0:
-        verdict = "The RL gain without retrieval is larger: H2 is not supported."
-    else:
-        verdict = "The difference of gains is not separable from 0 at this sample size."
-    if g_rag.low <= 0 <= g_rag.high and g_cot.low <= 0 <= g_cot.high:
+        return f"**H2 ({dataset}, vs {name})**: not answered; {', '.join(missing)} did not run."
+    g_rag = paired_difference(parts["GRPO+RAG"], parts[ref_rag])
+    g_cot = paired_difference(parts["GRPO"], parts[ref_cot])
+    dd = difference_in_differences(parts["GRPO+RAG"], parts[ref_rag], parts["GRPO"], parts[ref_cot])
+    head = (f"**H2 ({dataset}, vs {name})**: RL gain with retrieval (GRPO+RAG − {ref_rag}) = {g_rag.text()}; "
+            f"RL gain without retrieval (GRPO − {ref_cot}) = {g_cot.text()}; difference in differences "
+            f"{dd.text()}.")
+    verdict = _verdict(dd, "The RL gain with retrieval exceeds the gain without it: H2 is supported.",
+                       "The RL gain without retrieval is larger: H2 is not supported.", dd.n)
+    if not g_rag.excludes_zero and not g_cot.excludes_zero:
         verdict += " Neither RL gain is itself distinguishable from zero."
     return f"{head} {verdict}"
+
+
+def aligned_outcomes(run_dir: Path, key: str, labels: Sequence[str]) -> dict[str, list[bool] | None]:
+    """Per-question correctness of each row label on one dataset, aligned by question id (None: did not run)."""
+    from medr1.stats import align
+
+    found = {lab: read_jsonl_tolerant(samples_path(run_dir, lab, key)) for lab in labels}
+    present = {lab: v for lab, v in found.items() if v}
+    if not present:
+        return {lab: None for lab in labels}
+    first_label, first = next(iter(present.items()))
+    out: dict[str, list[bool] | None] = {lab: None for lab in labels}
+    for lab, samples in present.items():
+        _, _, out[lab] = align(first, samples, (first_label, lab))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -469,7 +468,6 @@ def training_figures(curves: dict[str, list[dict[str, Any]]]) -> dict[str, bytes
 # exemplar traces
 # ---------------------------------------------------------------------------------------------------------------------
 
-EXEMPLAR_SOURCES = ("GRPO+RAG", "SFT+RAG", "baseline self-ask", "GRPO", "SFT", "baseline rag", "baseline cot")
 
 
 def select_exemplars(samples: Sequence[dict[str, Any]], k: int) -> list[dict[str, Any]]:
@@ -487,98 +485,10 @@ def select_exemplars(samples: Sequence[dict[str, Any]], k: int) -> list[dict[str
     return chosen
 
 
-def trace_pieces(rec: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
-    """(kind, text, retrieved titles) in order: think/search/information/answer/text; rag's up-front retrieval first."""
-    from medr1.evaluate import trace_segments
-
-    titles = rec.get("retrieved_titles") or []
-    pieces: list[tuple[str, str, list[str]]] = []
-    segments = trace_segments(rec.get("completion") or "")
-    searches_in_text = sum(1 for kind, _ in segments if kind == "search")
-    queries = rec.get("queries") or []
-    if queries and searches_in_text == 0 and rec.get("method") != "bm25-ranker":
-        for i, q in enumerate(queries):  # rag: retrieval happened before generation, with the question as query
-            pieces.append(("search", q, list(titles[i]) if i < len(titles) else []))
-    n = 0
-    for kind, text in segments:
-        if kind == "search":
-            n += 1
-            pieces.append(("search", text, list(titles[n - 1]) if n - 1 < len(titles) else []))
-        else:
-            pieces.append((kind, text, []))
-    return pieces
-
-
-def _clip(text: str, n: int = 700) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _option(rec: dict[str, Any], letter: str | None) -> str:
-    if not letter:
-        return "unparseable"
-    text = (rec.get("options") or {}).get(letter)
-    return f"{letter}. {text}" if text else str(letter)
-
-
-def trace_markdown(rec: dict[str, Any], source: str) -> str:
-    ok = bool(rec.get("correct"))
-    lines = [f"**{rec.get('id')}** ({source}) — {'✅ correct' if ok else '❌ wrong'}", "",
-             f"> {_clip(rec.get('question', ''), 900)}", ""]
-    for letter, text in sorted((rec.get("options") or {}).items()):
-        lines.append(f"- {letter}. {text}")
-    lines.append("")
-    for kind, text, titles in trace_pieces(rec):
-        if kind == "think":
-            lines.append(f"- 💭 thinking: {_clip(text)}")
-        elif kind == "search":
-            lines.append(f"- 🔎 search: `{_clip(text, 200)}`" + (f" → {'; '.join(titles)}" if titles else ""))
-        elif kind == "information":
-            lines.append(f"- 📄 information: {_clip(text, 300)}")
-        elif kind == "answer":
-            lines.append(f"- answer: `{_clip(text, 100)}`")
-        else:
-            lines.append(f"- text: {_clip(text)}")
-    lines.append(f"- **prediction {_option(rec, rec.get('prediction'))}; gold {_option(rec, rec.get('gold'))}** "
-                 f"({'✅' if ok else '❌'})")
-    return "\n".join(lines)
-
-
-def trace_html(rec: dict[str, Any], source: str) -> str:
-    e = html.escape
-    ok = bool(rec.get("correct"))
-    verdict = "correct" if ok else "wrong"
-    out = [f'<div class="trace {verdict}">',
-           f'<div class="trace-head"><b>{e(str(rec.get("id")))}</b> <span class="src">{e(source)}</span> '
-           f'<span class="badge {verdict}">{verdict}</span></div>',
-           f'<div class="case">{e(_clip(rec.get("question", ""), 1200))}</div><ul class="options">']
-    for letter, text in sorted((rec.get("options") or {}).items()):
-        cls = " gold" if letter == rec.get("gold") else ""
-        out.append(f'<li class="opt{cls}">{e(letter)}. {e(str(text))}</li>')
-    out.append("</ul>")
-    for kind, text, titles in trace_pieces(rec):
-        if kind == "think":
-            out.append(f'<div class="seg think"><span class="tag">thinking</span> {e(_clip(text))}</div>')
-        elif kind == "search":
-            found = "".join(f"<li>{e(t)}</li>" for t in titles) or "<li><i>no results</i></li>"
-            out.append(f'<div class="seg search"><span class="tag">search</span> {e(_clip(text, 300))}</div>'
-                       f'<div class="seg info"><span class="tag">retrieved</span><ol>{found}</ol></div>')
-        elif kind == "information":
-            out.append(f'<details class="seg info"><summary>information (inserted by the retriever)</summary>'
-                       f"{e(_clip(text, 1500))}</details>")
-        elif kind == "answer":
-            out.append(f'<div class="seg answer {verdict}"><span class="tag">answer</span> {e(_clip(text, 200))}</div>')
-        else:
-            out.append(f'<div class="seg text">{e(_clip(text))}</div>')
-    out.append(f'<div class="final {verdict}">prediction <b>{e(_option(rec, rec.get("prediction")))}</b> · gold '
-               f'<b>{e(_option(rec, rec.get("gold")))}</b></div></div>')
-    return "\n".join(out)
-
-
 def pick_exemplars(art: RunArtifacts, k: int) -> tuple[str | None, str | None, list[dict[str, Any]]]:
     """(variant label, dataset title, records) from the most-trained retrieval variant that has samples."""
     cols = shown_datasets(art.datasets, art.results)
-    for label in EXEMPLAR_SOURCES:
+    for label in EXEMPLAR_ORDER:
         for d in cols:
             samples = read_jsonl_tolerant(samples_path(art.run_dir, label, d["key"]))
             if samples:
@@ -641,7 +551,7 @@ def timing_rows(art: RunArtifacts) -> list[tuple[str, str, str]]:
     """(stage, status in the last invocation, seconds of the run that produced its outputs)."""
     last = {s["stage"]: s for s in art.run_summary.get("stages", []) if isinstance(s, dict)}
     rows = []
-    for stage in STAGE_ORDER:
+    for stage in STAGES:
         done, rec = art.stages.get(stage), last.get(stage)
         if done is None and rec is None:
             continue
@@ -687,17 +597,24 @@ def rl_reference(art: RunArtifacts) -> str:
     return "SFT" if "sft" in deps else "baseline"
 
 
+H1_PAIRS = (("untrained", "baseline self-ask", "baseline cot"), ("after SFT", "SFT+RAG", "SFT"))
+
+
 def hypotheses(art: RunArtifacts) -> tuple[list[str], list[str]]:
+    """H1 (self-ask − cot of the same model, untrained and after SFT) and H2 (the difference in differences) per
+    dataset, all paired on the same questions."""
     h1, h2 = [], []
     ref = rl_reference(art)
     for d in shown_datasets(art.datasets, art.results):
         title = str(d.get("title") or d["key"])
-        got = {label: art.results.get((label, d["key"])) for label in ROW_BY_LABEL}
-        h1.append(h1_statement(title, got))
+        got = aligned_outcomes(art.run_dir, d["key"], list(VARIANT_BY_LABEL))
+        for model, with_label, without_label in H1_PAIRS:
+            if model == "untrained" or got.get(with_label) is not None or got.get(without_label) is not None:
+                h1.append(h1_statement(title, model, got, with_label, without_label))
         refs = [("SFT", "SFT+RAG", "SFT")] if ref == "SFT" else []
         refs.append(("baseline", "baseline self-ask", "baseline cot"))
-        for name, rag_row, cot_row in refs:
-            h2.append(h2_statement(title, got["GRPO+RAG"], got[rag_row], got["GRPO"], got[cot_row], name))
+        for r in refs:
+            h2.append(h2_statement(title, got, r))
     return h1, h2
 
 

@@ -32,6 +32,7 @@ depend on the scheduling or batch size (up to float rounding), and sampling uses
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import deque
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from medr1 import tags
 from medr1.errors import ConfigError
 from medr1.generation import FINISH_EOS, FINISH_STOP, GenerationBackend, GenOutput, HFBackend, SamplingParams
 from medr1.prompts import format_passage
-from medr1.retrieval.base import Hit, Retriever
+from medr1.retrieval.base import MAX_TOPK, Hit, Retriever
 
 FINISH_REASONS = ("answer", "eos", "budget", "max_turns")
 LAST_SEARCH_NOTE = "(That was your last search. Give your final answer now.)"
@@ -51,25 +52,60 @@ QUERY_CONTEXT_TOKENS = 32  # tokens before a turn that may hold its <search> ope
 
 
 @dataclass(frozen=True)
-class RolloutConfig:
-    """Budgets of the self-ask loop, in one place."""
+class Budget:
+    """The environment's budgets, one `rollout:` section per recipe, handed unchanged to SFT trace building, every
+    GRPO arm and every evaluation (each stage config inherits these fields; `medr1.config.load_config` fills them
+    from the `rollout:` section and refuses them in a stage's own section).
+
+    The comparability rule (`for_method`): every method gets the same generated-token budget. A method with
+    retrieval in the loop (self-ask) gets `max_turns` turns of `max_new_tokens_per_turn`; a method without it (cot,
+    rag) gets ONE turn of min(max_total_tokens, max_turns x max_new_tokens_per_turn) -- at least as many tokens as
+    the searching method can generate, since inserted information also counts against `max_total_tokens`."""
+
+    SHARED_SECTION = "rollout"
 
     max_turns: int = 4  # generation turns; at most max_turns - 1 searches are executed
     max_new_tokens_per_turn: int = 256
     max_total_tokens: int = 1024  # completion tokens (generated + inserted information); the prompt is not counted
     topk: int = 3  # passages per search
     max_info_tokens: int = 384  # tokens of one <information> block, tags included
+
+    def validate_budget(self, where: str = "rollout") -> None:
+        for key in ("max_turns", "max_new_tokens_per_turn", "max_total_tokens", "topk"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.topk > MAX_TOPK:
+            raise ConfigError(f"{where}.topk must be at most {MAX_TOPK}, got {self.topk}")
+        if self.max_info_tokens < 16:
+            raise ConfigError(f"{where}.max_info_tokens must be >= 16 (tags alone take ~8), got {self.max_info_tokens}")
+
+    @property
+    def budget(self) -> "Budget":
+        """Just the budget fields of this (stage) config."""
+        return Budget(**{key: getattr(self, key) for key in BUDGET_KEYS})
+
+    def single_turn_tokens(self) -> int:
+        """What a method without retrieval may generate in its one turn (the rule above)."""
+        return min(self.max_total_tokens, self.max_turns * self.max_new_tokens_per_turn)
+
+
+BUDGET_KEYS = tuple(f.name for f in dataclasses.fields(Budget))
+Budget.SHARED_KEYS = BUDGET_KEYS
+
+
+@dataclass(frozen=True)
+class RolloutConfig(Budget):
+    """One rollout run: the budgets (`Budget`) plus sampling and batching."""
+
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     batch_size: int = 16  # trajectories generated together
     seed: int = 0
 
     def validate(self) -> None:
-        for key in ("max_turns", "max_new_tokens_per_turn", "max_total_tokens", "topk", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"rollout {key} must be >= 1, got {getattr(self, key)}")
-        if self.max_info_tokens < 16:
-            raise ConfigError(f"rollout max_info_tokens must be >= 16 (tags alone take ~8), got {self.max_info_tokens}")
+        self.validate_budget()
+        if self.batch_size < 1:
+            raise ConfigError(f"rollout batch_size must be >= 1, got {self.batch_size}")
         if self.temperature < 0:
             raise ConfigError(f"rollout temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -77,6 +113,17 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+
+def for_method(budget: Budget, in_loop: bool, *, temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
+               seed: int = 0) -> RolloutConfig:
+    """The rollout of one method under the shared `budget`: THE place where the comparability rule (see `Budget`)
+    is applied, for evaluation and for both GRPO arms alike."""
+    b = budget.budget
+    if not in_loop:
+        b = dataclasses.replace(b, max_turns=1, max_new_tokens_per_turn=b.single_turn_tokens())
+    return RolloutConfig(**dataclasses.asdict(b), temperature=temperature, top_p=top_p, batch_size=batch_size,
+                         seed=seed)
 
 
 @dataclass

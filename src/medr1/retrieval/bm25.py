@@ -141,6 +141,14 @@ class BM25Retriever:
         vocab = self.model.vocab_dict
         return [vocab[t] for t in self.tokenizer.tokenize(query) if t in vocab]
 
+    def score_all(self, query: str) -> Any:
+        """The BM25 score of every document (in corpus order) for one query: a numpy array, zeros when no query
+        term is in the vocabulary."""
+        import numpy as np
+
+        ids = self.query_ids(query)
+        return self.model.get_scores(ids) if ids else np.zeros(len(self.docs))
+
     def search_indices(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         """Top-k (document index, score) per query, best first, zero-score documents left out."""
         k = min(k, len(self.docs))

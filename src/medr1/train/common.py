@@ -1,13 +1,9 @@
-"""Pieces shared by the SFT and GRPO stages: model loading for training (including the in-process tiny random Llama),
-LoRA configs, the per-step `metrics.jsonl` callback, checkpoint discovery and resume bookkeeping.
-
-`tiny-random-llama` is a 2-layer Llama with random weights and a small byte-level BPE tokenizer trained in-process
-(ChatML template, SmolLM2's special tokens), built in about a second with no files: the smoke recipe and the fast
-tests train it. `medr1.models.load_model` knows registry names, hub ids and directories; this module adds only that
-one name on top of it.
+"""Pieces shared by the SFT and GRPO stages: training data (test splits refused, gold letters balanced), model
+loading for training, LoRA configs, the per-step `metrics.jsonl` callback, checkpoint discovery and resume
+bookkeeping.
 
     from medr1.train.common import load_for_training
-    loaded = load_for_training("tiny-random-llama")
+    loaded = load_for_training("tiny-random-llama")     # any name medr1.models.load_model knows
 """
 
 from __future__ import annotations
@@ -25,91 +21,54 @@ from typing import Any
 from medr1.errors import ConfigError
 from medr1.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 
-TINY_MODEL = "tiny-random-llama"
-_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-_CHATML = (  # SmolLM2's ChatML, including continue_final_message (prefilled assistant turns)
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
-    "{% if not (loop.last and continue_final_message) %}{{ '<|im_end|>\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-# Text the tiny tokenizer's merges are learned from: the tag protocol and prompt vocabulary, so traces tokenize
-# into a few hundred tokens rather than thousands of bytes; tags split into "<", "search", ">" as in SmolLM2.
-_TINY_CORPUS = (
-    "<think>The findings suggest a syndrome; I should check.</think>\n<search>tall stature lens dislocation</search>\n"
-    "<information>\nDoc 1 (Title: Marfan syndrome) Tall stature, arachnodactyly, ectopia lentis\n</information>\n"
-    "<answer>B</answer> <answer>A</answer> <answer>C</answer> <answer>D</answer> Question: A 12-year-old girl "
-    "presents with seizures, intellectual disability and fever. Which is the most likely diagnosis? Options:\n"
-    "A. Disease\nB. Syndrome\nC. Deficiency\nD. Dysplasia\nThink step by step inside, then give the final answer as "
-    "LETTER with LETTER one of A, B, C, D. You are a medical diagnostician. Reason inside. To look something up, "
-    "write query; results come back. Frequent: hypotonia. Occasional: cataract. Onset: childhood. "
-    "Inheritance: autosomal recessive."
-)
+def balance_letters(questions: list[Any]) -> list[Any]:
+    """The questions with their options re-lettered so that gold letters cycle A, B, C, ... over the list (per option
+    count): every built training set has an exactly balanced gold-letter distribution, whatever the source's own
+    (MedMCQA's and a small sample's are not). The other options keep their order; nothing else changes."""
+    import dataclasses
+    from collections import Counter
+
+    seen: Counter[int] = Counter()
+    out = []
+    for q in questions:
+        letters = sorted(q.options)
+        target = letters[seen[len(letters)] % len(letters)]
+        seen[len(letters)] += 1
+        others = [q.options[k] for k in letters if k != q.answer]
+        texts = others[: letters.index(target)] + [q.options[q.answer]] + others[letters.index(target):]
+        out.append(dataclasses.replace(q, options=dict(zip(letters, texts)), answer=target))
+    return out
 
 
-def tiny_tokenizer() -> Any:
-    """A byte-level BPE tokenizer (any text encodes) with a ChatML template, trained in-process, deterministic."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def training_questions(spec: str, exclude_splits: list[str], skip_bad: bool, seed: int, stage: str,
+                       report: dict[str, Any]) -> list[Any]:
+    """The questions of one training source minus excluded splits (counted in `report`), in a seeded order keyed
+    by question id (a run's path must not matter).
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=list(_SPECIALS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.chat_template = _CHATML
-    return fast
+    A source made only of excluded questions (e.g. `hpo-dx:test`) is an error naming its first question: test
+    items are never trained on. A source that mixes splits (PubMedQA PQA-L) keeps its training part."""
+    from medr1.data.sources import load_questions
+    from medr1.errors import DataError
+    from medr1.io import seeded_order
 
-
-def tiny_random_llama(seed: int = 0, hidden: int = 64, layers: int = 2,
-                      initializer_range: float = 0.02) -> tuple[Any, Any]:
-    """(model, tokenizer): a small random Llama (2 layers, 64 wide by default) over `tiny_tokenizer()`, seeded.
-
-    A larger `initializer_range` (the tests use 0.2) gives sharper random logits, so greedy text varies.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=initializer_range,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.config.name_or_path = TINY_MODEL
-    return model, tokenizer
+    result = load_questions(spec, skip_bad=skip_bad)
+    kept = [q for q in result.questions if q.split not in exclude_splits]
+    if result.questions and not kept:
+        first = result.questions[0]
+        raise DataError(f"{stage}: {spec}: question {first.id!r} is from the {first.split!r} split, which training "
+                        f"excludes ({exclude_splits}); train on a training split such as hpo-dx:train")
+    report.update(loaded=len(result.questions), excluded_split=len(result.questions) - len(kept))
+    if result.skips.total:
+        report["skipped_bad"] = result.skips.total
+        print(f"medr1: {spec}: {result.skips.summary()}", file=sys.stderr)
+    return seeded_order(kept, seed, key=lambda q: q.id)
 
 
 def load_for_training(name: str, device: str = "auto", dtype: str = "auto", seed: int = 0) -> Any:
-    """A `medr1.models.LoadedModel` for training: `tiny-random-llama` built in-process, anything else via load_model."""
+    """A `medr1.models.LoadedModel` for training (`medr1.models.load_model`, put in train mode by the trainer)."""
     from medr1 import models
 
-    if name == TINY_MODEL:
-        model, tokenizer = tiny_random_llama(seed)
-        model.to(models.pick_device(device))
-        # SmolLM2's facts (ChatML, <|im_end|> ends a turn, no think prefill) are exactly the tiny model's.
-        return models.wrap_loaded(model, tokenizer, models.SMOLLM2)
-    return models.load_model(name, device=device, dtype=dtype)
+    return models.load_model(name, device=device, dtype=dtype, seed=seed)
 
 
 def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:

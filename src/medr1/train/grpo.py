@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medr1 import models
 from medr1.config import config_dict
 from medr1.data.schema import Question
 from medr1.errors import ConfigError, DataError
+from medr1.rollout import Budget
 from medr1.train import common
 from medr1.train.rewards import REWARD_NAMES, build_reward_funcs
-from medr1.train.sft import LORA_TARGETS
 
 # Our stable metric names for TRL's log keys (TRL names reward columns after the reward functions).
 METRIC_ALIASES = {
@@ -50,8 +51,9 @@ METRIC_ALIASES = {
 
 
 @dataclass(frozen=True)
-class GRPOConfig:
-    """The `grpo:` section of a recipe (flat); mapped onto trl.GRPOConfig by `trl_args`."""
+class GRPOConfig(Budget):
+    """The `grpo:` section of a recipe (flat); mapped onto trl.GRPOConfig by `trl_args`. The budgets come from the
+    recipe's `rollout:` section (`Budget`); both arms get them through `medr1.rollout.for_method`."""
 
     model: str = "smollm2-135m"
     output_dir: str = "runs/grpo"
@@ -62,11 +64,6 @@ class GRPOConfig:
     # environment
     use_retrieval: bool = True  # false: cot prompts, single-turn generation, no search (H2's comparison arm)
     index: str | None = None  # retriever spec; None = the default HPO BM25 index
-    topk: int = 3
-    max_turns: int = 3
-    max_new_tokens_per_turn: int = 128
-    max_total_tokens: int = 512  # completion budget, inserted information included
-    max_info_tokens: int = 200
     rollout_batch_size: int = 16  # sequences generated together by the rollout engine
     # sampling / groups
     num_generations: int = 4  # group size
@@ -99,7 +96,7 @@ class GRPOConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    lora_target_modules: list[str] = field(default_factory=lambda: list(models.LORA_TARGETS))
     merge_lora: bool = True
     # scale-out (GPU): TRL's vLLM integration; accelerate configs choose DeepSpeed / FSDP
     use_vllm: bool = False
@@ -128,7 +125,8 @@ class GRPOConfig:
                 f"grpo.reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards "
                 f"{self.rewards}"
             )
-        for key in ("prompts_per_step", "gradient_accumulation_steps", "max_turns", "max_total_tokens", "save_steps"):
+        self.validate_budget("grpo (rollout)")
+        for key in ("prompts_per_step", "gradient_accumulation_steps", "save_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"grpo.{key} must be >= 1, got {getattr(self, key)}")
         if self.max_steps < 1:
@@ -156,35 +154,30 @@ class GRPOConfig:
 
 
 def prompt_row(question: Question, method: str) -> dict[str, Any]:
-    """One GRPO dataset row: the chat prompt plus the columns the rewards read."""
+    """One GRPO dataset row: the chat prompt plus the columns the rewards read (gold letter, letters, option texts
+    in letter order, so an answer that names its option is scored as the harness scores it)."""
     from medr1.prompts import build_messages
 
+    letters = "".join(sorted(question.options))
     return {
         "prompt": build_messages(question, method),
         "answer": question.answer,
-        "letters": "".join(sorted(question.options)),
+        "letters": letters,
+        "option_texts": [question.options[k] for k in letters],
         "question_id": question.id,
     }
 
 
 def build_rows(cfg: GRPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Prompt rows from `train_data` (test splits excluded and counted) and a per-source report."""
-    from medr1.data.sources import load_questions
-    from medr1.io import seeded_order
-
+    """Prompt rows from `train_data` (test splits excluded and counted, letters balanced) and a per-source report."""
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
     for spec in cfg.train_data:
-        result = load_questions(spec, skip_bad=cfg.skip_bad)
-        kept = [q for q in result.questions if q.split not in cfg.exclude_splits]
-        kept = seeded_order(kept, cfg.seed, key=lambda q: q.id)  # the same rows whatever path the data is read from
-        used = kept[: cfg.train_limit] if cfg.train_limit is not None else kept
-        report[spec] = {
-            "loaded": len(result.questions),
-            "excluded_split": len(result.questions) - len(kept),
-            "used": len(used),
-            "skipped_bad": result.skips.total,
-        }
+        entry = report.setdefault(spec, {})
+        kept = common.training_questions(spec, cfg.exclude_splits, cfg.skip_bad, cfg.seed, "grpo", entry)
+        used = common.balance_letters(kept[: cfg.train_limit] if cfg.train_limit is not None else kept)
+        entry["used"] = len(used)
+        entry["answer_letters"] = dict(sorted(Counter(q.answer for q in used).items()))
         rows.extend(prompt_row(q, cfg.prompt_method) for q in used)
     if not rows:
         raise DataError(f"grpo: no training prompts from {cfg.train_data} (see counts: {report})")
@@ -197,24 +190,12 @@ def build_rows(cfg: GRPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 
 def rollout_config(cfg: GRPOConfig) -> Any:
-    """The rollout budgets. Without retrieval the single turn gets the whole generation budget of the multi-turn
-    loop (max_turns x max_new_tokens_per_turn, within max_total_tokens), so both H2 arms may write as much."""
-    from medr1.rollout import RolloutConfig
+    """The rollout of this arm under the shared budget (`medr1.rollout.for_method`: without retrieval, one turn
+    with the whole generation budget), sampled at the GRPO temperature."""
+    from medr1.rollout import for_method
 
-    per_turn = cfg.max_new_tokens_per_turn
-    if not cfg.use_retrieval:
-        per_turn = min(cfg.max_total_tokens, cfg.max_turns * cfg.max_new_tokens_per_turn)
-    return RolloutConfig(
-        max_turns=cfg.max_turns if cfg.use_retrieval else 1,
-        max_new_tokens_per_turn=per_turn,
-        max_total_tokens=cfg.max_total_tokens,
-        topk=cfg.topk,
-        max_info_tokens=cfg.max_info_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        batch_size=cfg.rollout_batch_size,
-        seed=cfg.seed,
-    )
+    return for_method(cfg, cfg.use_retrieval, temperature=cfg.temperature, top_p=cfg.top_p,
+                      batch_size=cfg.rollout_batch_size, seed=cfg.seed)
 
 
 class RolloutStats:
@@ -332,9 +313,8 @@ def make_rollout_func(
     gathered by TRL's `unwrap_model_for_generation`) generates through the Hugging Face backend, in eval mode.
     """
     from medr1.models import chat_prompt_ids
-    from medr1.train.sft import end_of_turn_id
 
-    end_id = end_of_turn_id(base)
+    end_id = models.end_of_turn_id(base)
 
     def rollout_func(prompts: list, trainer: Any) -> dict[str, list | None]:
         fn = rollout_fn

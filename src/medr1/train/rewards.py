@@ -3,11 +3,12 @@
 They follow TRL's reward-function contract, so `trl.GRPOTrainer(reward_funcs=[...])` calls them directly: a
 completion is either a string or a chat turn list (`[{"role": "assistant", "content": ...}]`), and every dataset
 column or rollout field arrives as a keyword list aligned with `completions` (`answer` = gold letters; `letters` =
-the valid option letters, e.g. "ABCD"; `model_text` =
+the valid option letters, e.g. "ABCD"; `option_texts` = the options' texts in that order; `model_text` =
 the model's own text without inserted `<information>`; `queries` = the searches the rollout executed).
 
-- `correctness_reward`: 1.0 when the letter in the last `<answer>` equals the gold letter, else 0.0
-  (None when a row has no gold letter, so TRL leaves it out instead of scoring it 0).
+- `correctness_reward`: 1.0 when the last `<answer>` holds the gold letter or the gold option's text, else 0.0
+  (None when a row has no gold letter, so TRL leaves it out instead of scoring it 0). Only the `<answer>` span
+  counts: untagged text ("So the answer is B.") earns nothing.
 - `format_reward`: 1.0 for a well-formed trace, graded below (see `format_score`); 0.0 whenever the model wrote an
   `<information>` block itself, because that is invented evidence.
 - `make_research_bonus(...)`: a capped bonus for distinct searches and for thinking longer, paid ONLY when the answer
@@ -30,7 +31,6 @@ from medr1 import tags
 Reward = list[float | None]
 
 ALL_LETTERS = "ABCDEFGHIJ"
-_LETTER_RE = re.compile(r"^[\s(\[*]*([A-J])(?![A-Za-z])")
 _TAG_RE = re.compile(r"</?(think|search|information|answer)>")
 
 
@@ -45,26 +45,20 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def _own_extract_letter(text: str, letters: str = ALL_LETTERS) -> str | None:
-    spans = tags.answer_spans(text)
-    if not spans:
+def extract_letter(text: str, letters: str | None = None, options: dict[str, str] | None = None) -> str | None:
+    """The option letter of the last `<answer>…</answer>` only (`medr1.metrics.tagged_answer`, the harness's own
+    rule 2: a letter, or an option's own text when `options` are given); None without one. Untagged text such as
+    "So the answer is B." is not an answer under the tag protocol and earns nothing."""
+    from medr1.metrics import tagged_answer
+
+    return tagged_answer(text, letters or ALL_LETTERS, options)
+
+
+def row_options(letters: str | None, option_texts: Sequence[str] | None) -> dict[str, str] | None:
+    """The options of one dataset row (`letters` "ABCD" + `option_texts` in that order), None when absent."""
+    if not letters or not option_texts or len(letters) != len(option_texts):
         return None
-    match = _LETTER_RE.match(spans[-1].upper())
-    return match.group(1) if match and match.group(1) in letters else None
-
-
-def extract_letter(text: str, letters: str | None = None) -> str | None:
-    """The option letter in the last `<answer>…</answer>` (MIRAGE-style), or None when there is none.
-
-    Uses the evaluation harness's `medr1.metrics.extract_answer` when it exists, so training and evaluation score
-    answers identically; `letters` are the valid option letters (default A-J).
-    """
-    letters = letters or ALL_LETTERS
-    try:
-        from medr1.metrics import extract_answer  # the eval harness's single definition, when present
-    except ImportError:
-        return _own_extract_letter(text, letters)
-    return extract_answer(text, letters) or None
+    return dict(zip(letters, option_texts))
 
 
 def _model_texts(completions: Sequence[Any], model_text: Sequence[str | None] | None) -> list[str]:
@@ -81,12 +75,13 @@ def correctness_reward(completions: Sequence[Any], answer: Sequence[str | None] 
         return [None] * len(completions)
     texts = _model_texts(completions, kw.get("model_text"))
     letters = kw.get("letters") or [None] * len(texts)
+    option_texts = kw.get("option_texts") or [None] * len(texts)
     out: Reward = []
-    for text, gold, valid in zip(texts, answer, letters, strict=True):
+    for text, gold, valid, opts in zip(texts, answer, letters, option_texts, strict=True):
         if not gold:
             out.append(None)
             continue
-        letter = extract_letter(tags.strip_information(text), valid)
+        letter = extract_letter(text, valid, row_options(valid, opts))
         out.append(1.0 if letter is not None and letter == str(gold).strip().upper() else 0.0)
     return out
 
@@ -100,18 +95,19 @@ def _wrote_information(full_text: str, model_text: str | None, n_searches: int |
     return full_text.count(tags.INFO_OPEN) > inserted
 
 
-def format_score(text: str, model_text: str | None = None, n_searches: int | None = None) -> float:
+def format_score(text: str, model_text: str | None = None, n_searches: int | None = None,
+                 letters: str | None = None, options: dict[str, str] | None = None) -> float:
     """Grade one trace's tag protocol in [0, 1].
 
-    0.0 if the model wrote `<information>` itself. Otherwise the sum of: 0.5 when a single option letter sits in an
-    `<answer>` that closes the trace (only whitespace after `</answer>`), 0.25 when a non-empty `<think>…</think>`
+    0.0 if the model wrote `<information>` itself. Otherwise the sum of: 0.5 when an option (its letter, or its text
+    when `options` are given) sits in an `<answer>` that closes the trace (only whitespace after `</answer>`), 0.25 when a non-empty `<think>…</think>`
     comes before that answer, 0.25 when protocol tags are used, all balanced, with at most one `<answer>`.
     """
     if _wrote_information(text, model_text, n_searches):
         return 0.0
     body = tags.strip_information(model_text if model_text is not None else text)
     stripped = body.rstrip()
-    answer_last = stripped.endswith(tags.ANSWER_CLOSE) and extract_letter(stripped) is not None
+    answer_last = stripped.endswith(tags.ANSWER_CLOSE) and extract_letter(stripped, letters, options) is not None
     score = 0.5 if answer_last else 0.0
     answer_at = stripped.rfind(tags.ANSWER_OPEN)
     before = stripped[:answer_at] if answer_at >= 0 else stripped
@@ -144,11 +140,13 @@ def format_reward(completions: Sequence[Any], **kw: Any) -> Reward:
     texts = [completion_text(c) for c in completions]
     model_text = kw.get("model_text")
     queries = kw.get("queries")
+    letters = kw.get("letters") or [None] * len(texts)
+    option_texts = kw.get("option_texts") or [None] * len(texts)
     out: Reward = []
     for i, text in enumerate(texts):
         own = model_text[i] if model_text is not None else None
         n = len(queries[i]) if queries is not None and queries[i] is not None else None
-        out.append(format_score(text, own, n))
+        out.append(format_score(text, own, n, letters[i], row_options(letters[i], option_texts[i])))
     return out
 
 

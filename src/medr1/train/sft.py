@@ -5,7 +5,11 @@ Two kinds of examples are mixed:
   with explanations (MedMCQA `exp`, PubMedQA long answers, HPO-Dx explanations);
 - search traces, built from HPO-Dx train with REAL results of the retrieval index: the self-ask prompt ->
   `<think>plan</think>\\n<search>findings</search>` + the `<information>` block exactly as the rollout inserts it +
-  `<think>reasoning</think>\\n<answer>gold</answer>`.
+  `<think>Doc N (title) matches the findings; it is an option.</think>\\n<answer>gold option text</answer>`; when
+  the findings search returns no document of an option, the trace searches again for an option's name first.
+
+Targets answer with the gold option's own text (`answer_with: text`; the harness maps it to its letter), and gold
+letters are balanced over every built set (`medr1.train.common.balance_letters`). Test items are never used.
 
 Examples are tokenized here, segment by segment as the rollout does (token-in/token-out), into `input_ids` and
 `assistant_masks` (1 = a token the model should learn to write, 0 = prompt or inserted `<information>`), and handed
@@ -27,19 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medr1 import tags
+from medr1 import models, tags
 from medr1.config import config_dict
 from medr1.data.schema import Question
 from medr1.errors import ConfigError, DataError
-from medr1.io import atomic_write_json, seeded_order
+from medr1.io import atomic_write_json
+from medr1.rollout import Budget
 from medr1.train import common
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ANSWER_WITH = ("text", "letter")
 
 
 @dataclass(frozen=True)
-class SFTConfig:
-    """The `sft:` section of a recipe (flat)."""
+class SFTConfig(Budget):
+    """The `sft:` section of a recipe (flat). The budgets come from the recipe's `rollout:` section (`Budget`):
+    traces insert `<information>` blocks of `topk` passages cut to `max_info_tokens` exactly as the rollout does,
+    and the token report counts traces whose turns would not fit `max_new_tokens_per_turn` / `max_total_tokens`."""
 
     model: str = "smollm2-135m"
     output_dir: str = "runs/sft"
@@ -50,10 +57,11 @@ class SFTConfig:
     # search traces (HPO-Dx train with real retrieved results)
     trace_data: list[str] = field(default_factory=lambda: ["hpo-dx:train"])
     trace_limit: int | None = 200  # per source
-    trace_searches: int = 1  # 1: one findings search; 2: plus a check of the chosen option's name
+    trace_searches: int = 1  # 1: one findings search (plus an option-name search when it finds no option); 2: always
+    trace_explanation: bool = False  # append the explanation to a trace's reasoning (longer; explanations have
+    # their own examples)
+    answer_with: str = "text"  # what <answer> holds in targets: "text" (the option's own text) or "letter"
     index: str | None = None  # retriever spec; None = the default HPO BM25 index
-    topk: int = 3
-    max_info_tokens: int = 384  # cut of one <information> block: keep equal to the rollout's (grpo / eval)
     findings_in_query: int = 6
     exclude_splits: list[str] = field(default_factory=lambda: ["test"])  # never train on test items
     skip_bad: bool = False
@@ -73,7 +81,7 @@ class SFTConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    lora_target_modules: list[str] = field(default_factory=lambda: list(models.LORA_TARGETS))
     merge_lora: bool = True  # save final/ as a plain model (merged) so eval and GRPO load it like any other
     # run bookkeeping
     save_steps: int = 50
@@ -86,15 +94,18 @@ class SFTConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        from medr1.prompts import METHODS
+        from medr1.methods import get_method, llm_methods
 
-        if self.explanation_prompt not in METHODS:
-            raise ConfigError(f"sft.explanation_prompt must be one of {METHODS}, got {self.explanation_prompt!r}")
+        if not get_method(self.explanation_prompt, "sft.explanation_prompt").llm:
+            raise ConfigError(f"sft.explanation_prompt must be one of {llm_methods()}, got {self.explanation_prompt!r}")
         if self.trace_searches not in (1, 2):
             raise ConfigError(f"sft.trace_searches must be 1 or 2, got {self.trace_searches}")
+        if self.answer_with not in ANSWER_WITH:
+            raise ConfigError(f"sft.answer_with must be one of {ANSWER_WITH}, got {self.answer_with!r}")
         if not self.explanation_data and not self.trace_data:
             raise ConfigError("sft: both explanation_data and trace_data are empty; nothing to train on")
-        for key in ("max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "topk"):
+        self.validate_budget("sft (rollout)")
+        for key in ("max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "save_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"sft.{key} must be >= 1, got {getattr(self, key)}")
         if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
@@ -128,15 +139,26 @@ class SFTExample:
     def target_text(self) -> str:
         return "".join(seg.text for seg in self.segments)
 
+    @property
+    def searches(self) -> int:
+        return sum(seg.passages is not None for seg in self.segments)
 
-def explanation_example(question: Question, prompt_method: str = "cot") -> SFTExample | None:
-    """`<think>explanation</think>\\n<answer>X</answer>` under the `prompt_method` prompt; None without explanation."""
+
+def answer_target(question: Question, answer_with: str = "text") -> str:
+    """What a target's `<answer>` holds: the gold option's own text (the harness maps it to its letter; a small
+    model copies a name it has read far more reliably than it binds the name to a letter) or the gold letter."""
+    body = question.options[question.answer].strip() if answer_with == "text" else question.answer
+    return f"{tags.ANSWER_OPEN}{body}{tags.ANSWER_CLOSE}"
+
+
+def explanation_example(question: Question, prompt_method: str = "cot", answer_with: str = "text") -> SFTExample | None:
+    """`<think>explanation</think>\n<answer>gold</answer>` under the `prompt_method` prompt; None without one."""
     from medr1.prompts import build_messages
 
     explanation = (question.explanation or "").strip()
     if not explanation:
         return None
-    target = f"{tags.THINK_OPEN}{explanation}{tags.THINK_CLOSE}\n{tags.ANSWER_OPEN}{question.answer}{tags.ANSWER_CLOSE}"
+    target = f"{tags.THINK_OPEN}{explanation}{tags.THINK_CLOSE}\n{answer_target(question, answer_with)}"
     return SFTExample(question.id, "explanation", build_messages(question, prompt_method), [Segment(target)])
 
 
@@ -184,44 +206,41 @@ def _doc_match(hits: list[Any], question: Question) -> tuple[int, str] | None:
     return None
 
 
-def trace_example(question: Question, query: str, hits: list[Any], check_hits: list[Any] | None = None) -> SFTExample:
-    """A self-ask trace with the real `hits` of `query` (and of a check search on the gold option, if given)."""
+def needs_check(question: Question, hits: list[Any], trace_searches: int) -> bool:
+    """Whether a trace searches a second time, for the gold option's name: always with `trace_searches` 2, and
+    whenever the findings search returned no document of the gold option (the evidence did not settle it)."""
+    return trace_searches == 2 or _doc_match(hits, question) is None
+
+
+def trace_example(question: Question, query: str, hits: list[Any], check_hits: list[Any] | None = None,
+                  answer_with: str = "text", explanation: bool = False) -> SFTExample:
+    """A self-ask trace with the real `hits` of `query` (and of a search for the gold option's name, if given).
+
+    The reasoning is short on purpose: it names the document that matches the findings and which option that is,
+    and answers with the option (`answer_target`), so the whole trace fits the shared rollout budget."""
     from medr1.prompts import build_messages
 
     findings = question_findings(question)[:3]
     gold = question.options[question.answer].strip()
-    plan = (
-        f"The key findings are {', '.join(findings)}. I should search for diseases with these findings."
-        if findings
-        else "I should search for diseases with these findings."
-    )
+    plan = f"Key findings: {', '.join(findings)}. I will search for them." if findings else "I will search the findings."
     segments = [
         Segment(f"{tags.THINK_OPEN}{plan}{tags.THINK_CLOSE}\n{tags.SEARCH_OPEN}{query}{tags.SEARCH_CLOSE}"),
         information_segment(hits),
     ]
     match = _doc_match(hits, question)
     if match is not None:
-        seen = f"Doc {match[0]} ({match[1]}) matches these findings, and it is option {question.answer}."
+        seen = f"Doc {match[0]} ({match[1]}) matches the findings; it is an option."
     else:
-        seen = f"The results do not name an option directly; of the options, {gold} fits the findings best."
+        seen = "No document is an option. Let me look up an option."
     if check_hits is not None:
-        segments.append(
-            Segment(
-                f"{tags.THINK_OPEN}{seen} Let me check {gold}.{tags.THINK_CLOSE}\n"
-                f"{tags.SEARCH_OPEN}{gold}{tags.SEARCH_CLOSE}"
-            )
-        )
+        lead = seen if match is None else f"{seen} Let me check it."
+        segments.append(Segment(f"{tags.THINK_OPEN}{lead}{tags.THINK_CLOSE}\n{tags.SEARCH_OPEN}{gold}{tags.SEARCH_CLOSE}"))
         segments.append(information_segment(check_hits))
         checked = _doc_match(check_hits, question)
-        seen = (
-            f"Doc {checked[0]} describes {gold}, and it agrees with the findings."
-            if checked is not None
-            else f"The results do not describe {gold} itself; it still fits the findings best."
-        )
-    reasoning = f"{seen} {(question.explanation or '').strip()}".strip()
-    segments.append(
-        Segment(f"{tags.THINK_OPEN}{reasoning}{tags.THINK_CLOSE}\n{tags.ANSWER_OPEN}{question.answer}{tags.ANSWER_CLOSE}")
-    )
+        seen = (f"Doc {checked[0]} ({checked[1]}) fits the findings; it is an option." if checked is not None
+                else f"Of the options, {gold} fits the findings best.")
+    reasoning = f"{seen} {(question.explanation or '').strip()}".strip() if explanation else seen
+    segments.append(Segment(f"{tags.THINK_OPEN}{reasoning}{tags.THINK_CLOSE}\n{answer_target(question, answer_with)}"))
     return SFTExample(question.id, "trace", build_messages(question, "self-ask"), segments, match is not None)
 
 
@@ -230,48 +249,49 @@ def trace_example(question: Question, query: str, hits: list[Any], check_hits: l
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _load(spec: str, cfg: SFTConfig, report: dict[str, Any]) -> list[Question]:
-    """Questions of one source minus excluded splits, shuffled with the seed; counts go into `report`."""
-    from medr1.data.sources import load_questions
-
-    result = load_questions(spec, skip_bad=cfg.skip_bad)
-    kept = [q for q in result.questions if q.split not in cfg.exclude_splits]
-    entry = report.setdefault(spec, {})
-    entry.update(loaded=len(result.questions), excluded_split=len(result.questions) - len(kept))
-    if result.skips.total:
-        entry["skipped_bad"] = result.skips.total
-        print(f"medr1: {spec}: {result.skips.summary()}", file=sys.stderr)
-    return seeded_order(kept, cfg.seed, key=lambda q: q.id)  # not keyed by the spec: a run's path must not matter
+def _load(spec: str, cfg: SFTConfig, report: dict[str, Any], limit: int | None) -> list[Question]:
+    """Up to `limit` training questions of one source (`common.training_questions`), letters balanced."""
+    questions = common.training_questions(spec, cfg.exclude_splits, cfg.skip_bad, cfg.seed, "sft",
+                                          report.setdefault(spec, {}))
+    return questions if limit is None else questions[:limit]
 
 
 def build_examples(cfg: SFTConfig, retriever: Any = None) -> tuple[list[SFTExample], dict[str, Any]]:
-    """The mixed, shuffled example list and a report of counts per source (nothing is left out uncounted)."""
+    """The mixed, shuffled example list and a report of counts per source (nothing is left out uncounted).
+
+    Gold letters are balanced within each source's used examples (`common.balance_letters`), so no letter is
+    favoured by the training data; the report's `answer_letters` shows the distribution."""
     report: dict[str, Any] = {"explanation": {}, "trace": {}}
     examples: list[SFTExample] = []
+    letters: Counter[str] = Counter()
     for spec in cfg.explanation_data:
-        questions = _load(spec, cfg, report["explanation"])
-        made = [ex for ex in (explanation_example(q, cfg.explanation_prompt) for q in questions) if ex is not None]
+        questions = [q for q in _load(spec, cfg, report["explanation"], None) if (q.explanation or "").strip()]
         entry = report["explanation"][spec]
-        entry["no_explanation"] = len(questions) - len(made)
-        made = made[: cfg.explanation_limit] if cfg.explanation_limit is not None else made
+        entry["no_explanation"] = entry["loaded"] - entry["excluded_split"] - len(questions)
+        questions = common.balance_letters(questions[: cfg.explanation_limit] if cfg.explanation_limit is not None
+                                           else questions)
+        made = [explanation_example(q, cfg.explanation_prompt, cfg.answer_with) for q in questions]
         entry["used"] = len(made)
-        examples.extend(made)
+        letters.update(q.answer for q in questions)
+        examples.extend(ex for ex in made if ex is not None)
     if cfg.trace_data:
         if retriever is None:
             from medr1.retrieval import open_retriever
 
             retriever = open_retriever(cfg.index)
         for spec in cfg.trace_data:
-            questions = _load(spec, cfg, report["trace"])
-            questions = questions[: cfg.trace_limit] if cfg.trace_limit is not None else questions
+            questions = common.balance_letters(_load(spec, cfg, report["trace"], cfg.trace_limit))
             made = build_traces(questions, retriever, cfg)
             entry = report["trace"][spec]
             entry["used"] = len(made)
             entry["gold_in_results"] = sum(ex.gold_in_results for ex in made)
+            entry["two_searches"] = sum(ex.searches == 2 for ex in made)
+            letters.update(q.answer for q in questions)
             examples.extend(made)
     random.Random(cfg.seed).shuffle(examples)
     report["total"] = len(examples)
     report["kinds"] = dict(Counter(ex.kind for ex in examples))
+    report["answer_letters"] = dict(sorted(letters.items()))
     return examples, report
 
 
@@ -293,25 +313,17 @@ def build_traces(questions: list[Question], retriever: Any, cfg: SFTConfig) -> l
     print(f"medr1: retrieving for {len(queries)} search traces...", file=sys.stderr, flush=True)
     results = search_batched(retriever, queries, cfg.topk)
     checks: list[Any] = [None] * len(questions)
-    if cfg.trace_searches == 2:
-        checks = search_batched(retriever, [q.options[q.answer] for q in questions], cfg.topk)
-    return [trace_example(q, query, hits, check) for q, query, hits, check in zip(questions, queries, results, checks)]
+    again = [i for i, (q, hits) in enumerate(zip(questions, results)) if needs_check(q, hits, cfg.trace_searches)]
+    found = search_batched(retriever, [questions[i].options[questions[i].answer] for i in again], cfg.topk)
+    for i, hits in zip(again, found):
+        checks[i] = hits
+    return [trace_example(q, query, hits, check, cfg.answer_with, cfg.trace_explanation)
+            for q, query, hits, check in zip(questions, queries, results, checks)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # tokenization with masks
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def end_of_turn_id(loaded: Any) -> int:
-    """The token that ends an assistant turn: the spec's first end-of-turn string in the vocabulary, else eos."""
-    vocab = loaded.tokenizer.get_vocab()
-    for text in loaded.spec.eos_strings:
-        if text in vocab:
-            return int(vocab[text])
-    if loaded.tokenizer.eos_token_id is None:
-        raise ConfigError(f"tokenizer of {loaded.source or loaded.spec.name} has no eos token")
-    return int(loaded.tokenizer.eos_token_id)
 
 
 def segment_ids(tokenizer: Any, segment: Segment, info: Any) -> list[int]:
@@ -345,7 +357,7 @@ def tokenize_example(
         ids = segment_ids(loaded.tokenizer, segment, info)
         input_ids.extend(ids)
         mask.extend([int(segment.trained)] * len(ids))
-    input_ids.append(end_of_turn_id(loaded))
+    input_ids.append(models.end_of_turn_id(loaded))
     mask.append(1)
     input_ids, mask = input_ids[:max_length], mask[:max_length]
     if not any(mask):
@@ -353,13 +365,39 @@ def tokenize_example(
     return {"input_ids": input_ids, "assistant_masks": mask}
 
 
+def turn_lengths(mask: list[int]) -> tuple[list[int], int]:
+    """(trained tokens per assistant turn, completion tokens) of one row: turns are the runs of mask 1 after the
+    prompt, separated by inserted information (mask 0); the completion is everything after the prompt."""
+    start = mask.index(1) if 1 in mask else len(mask)
+    runs: list[int] = []
+    previous = 0
+    for m in mask[start:]:
+        if m and not previous:
+            runs.append(0)
+        if m:
+            runs[-1] += 1
+        previous = m
+    return runs, len(mask) - start
+
+
+def fits(mask: list[int], budget: Budget) -> bool:
+    """Whether a row's target could be generated under `budget` (turn count, tokens per turn, total tokens)."""
+    runs, total = turn_lengths(mask)
+    if len(runs) == 1:  # a method without retrieval: one turn with the whole generation budget
+        return runs[0] <= budget.single_turn_tokens()
+    return (len(runs) <= budget.max_turns and max(runs) <= budget.max_new_tokens_per_turn
+            and total <= budget.max_total_tokens)
+
+
 def tokenize_examples(
-    loaded: Any, examples: list[SFTExample], max_length: int, max_info_tokens: int = 384
+    loaded: Any, examples: list[SFTExample], max_length: int, budget: Budget = Budget()
 ) -> tuple[list[dict], dict[str, Any]]:
-    """Tokenized rows and length statistics; examples with no trainable token left are counted, not hidden."""
+    """Tokenized rows and length statistics; examples with no trainable token left are counted, not hidden, and so
+    are targets that would not fit the shared rollout `budget` (`over_budget`: the model would be taught to write
+    what the rollout cuts off)."""
     rows, lengths, dropped = [], [], 0
     for ex in examples:
-        row = tokenize_example(loaded, ex, max_length, max_info_tokens)
+        row = tokenize_example(loaded, ex, max_length, budget.max_info_tokens)
         if row is None:
             dropped += 1
             continue
@@ -370,6 +408,7 @@ def tokenize_examples(
         "rows": len(rows),
         "dropped_prompt_too_long": dropped,
         "truncated": truncated,
+        "over_budget": sum(not fits(r["assistant_masks"], budget) for r in rows),
         "tokens_mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
         "tokens_max": max(lengths, default=0),
         "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows),
@@ -399,10 +438,8 @@ def trl_args(cfg: SFTConfig) -> Any:
 
 def load_tokenizer_only(name: str) -> tuple[Any | None, str]:
     """(a LoadedModel with model=None for tokenizing, note) without loading weights; (None, why) when unavailable."""
-    from medr1 import models
-
-    if name == common.TINY_MODEL:
-        return models.LoadedModel(None, common.tiny_tokenizer(), models.SMOLLM2), "in-process tiny tokenizer"
+    if name == models.TINY_MODEL:
+        return models.LoadedModel(None, models.tiny_tokenizer(), models.SMOLLM2), "in-process tiny tokenizer"
     try:
         source, spec, _ = models.resolve_source(name)
         from transformers import AutoTokenizer
@@ -430,13 +467,13 @@ def run_sft(cfg: SFTConfig, dry_run: bool = False, resume: bool = False, retriev
         loaded, note = load_tokenizer_only(cfg.model)
         plan["tokenizer"] = note
         if loaded is not None:
-            _, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.max_info_tokens)
+            _, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.budget)
         plan["example"] = {"prompt": examples[0].messages[-1]["content"][:400], "target": show_example(examples[0])}
         return common.finish_dry_run(plan, trl_args, cfg, "sft", started)
 
     checkpoint, loaded = common.start_run(cfg, trl_args, "sft", resume)
     out = Path(cfg.output_dir)
-    rows, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.max_info_tokens)
+    rows, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.budget)
     atomic_write_json(out / "data_report.json", {"data": data_report, "tokens": plan["tokens"]})
     trainer = build_trainer(cfg, loaded, rows)
     return common.train_and_save(trainer, loaded, cfg, checkpoint, plan, started)
