@@ -360,7 +360,7 @@ def test_short_path_for_eval_tables(value, expected) -> None:
     assert rp._short_path(value) == expected
 
 
-def _eval_dir(path: Path, method: str, correct: list[bool], opts: dict | None = None, **cfg) -> Path:
+def _paired_dir(path: Path, method: str, correct: list[bool], opts: dict | None = None, **cfg) -> Path:
     opts = opts or {"A": "w", "B": "x", "C": "y", "D": "z"}
     _write_jsonl(path / "samples.jsonl", [{"id": f"q{i}", "correct": c, "prediction": "B" if c else "A",
                                            "options": opts} for i, c in enumerate(correct)])
@@ -378,22 +378,22 @@ def test_compare_is_paired_and_refuses_other_budgets_or_questions(tmp_path) -> N
 
     from medr1.cli import app
 
-    a = _eval_dir(tmp_path / "a", "self-ask", [True] * 30 + [False] * 10)
-    b = _eval_dir(tmp_path / "b", "cot", [True] * 18 + [False] * 22)
+    a = _paired_dir(tmp_path / "a", "self-ask", [True] * 30 + [False] * 10)
+    b = _paired_dir(tmp_path / "b", "cot", [True] * 18 + [False] * 22)
     out = rp.compare_evals(a, b)
     assert "A − B = +30.0 pp" in out and "12 right only in the first, 0 only in the second, n = 40" in out
     assert "McNemar p = < 0.001" in out
-    ranker = _eval_dir(tmp_path / "r", "bm25-ranker", [True] * 40, max_turns=1)  # no budget to compare
+    ranker = _paired_dir(tmp_path / "r", "bm25-ranker", [True] * 40, max_turns=1)  # no budget to compare
     assert "A − B = -25.0 pp" in rp.compare_evals(a, ranker)
-    other = _eval_dir(tmp_path / "o", "cot", [True] * 40, max_new_tokens_per_turn=96)
+    other = _paired_dir(tmp_path / "o", "cot", [True] * 40, max_new_tokens_per_turn=96)
     with pytest.raises(rp.DataError, match="different budgets \\(max_new_tokens_per_turn: 128 vs 96\\)"):
         rp.compare_evals(a, other)
     assert "Warning: different budgets" in rp.compare_evals(a, other, allow_budget_mismatch=True)
-    fewer = _eval_dir(tmp_path / "f", "cot", [True] * 39)
+    fewer = _paired_dir(tmp_path / "f", "cot", [True] * 39)
     with pytest.raises(rp.DataError, match="same questions"):
         rp.compare_evals(a, fewer)
     shifted = {"A": "z", "B": "w", "C": "x", "D": "y"}  # what rotate=1 makes of a's options
-    rotated = _eval_dir(tmp_path / "rot", "self-ask", [True] * 40, opts=shifted, rotate=1)  # answers B = "w"
+    rotated = _paired_dir(tmp_path / "rot", "self-ask", [True] * 40, opts=shifted, rotate=1)  # answers B = "w"
     assert "follows the content in 25.0% and the letter in 75.0%" in rp.compare_evals(a, rotated)
     result = CliRunner().invoke(app, ["compare", str(a), str(b)])
     assert result.exit_code == 0 and "+30.0 pp" in result.output

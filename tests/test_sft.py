@@ -48,9 +48,9 @@ def loaded():
 def test_masks_are_exact(loaded):
     from medr1.models import chat_prompt_ids
 
-    cfg = sft.SFTConfig(model=models.TINY_MODEL, trace_searches=2)
-    example = sft.build_traces([question(0)], ScriptedRetriever(), cfg)[0]
-    assert example.gold_in_results
+    cfg = sft.SFTConfig(model=models.TINY_MODEL)
+    example = sft.build_traces([question(0)], TitledRetriever(["Tall stature", "Myopia"]), cfg)[0]
+    assert example.searches == 2 and not example.gold_in_results
     row = sft.tokenize_example(loaded, example, max_length=4096, max_info_tokens=384)
     ids, mask = row["input_ids"], row["assistant_masks"]
     tok = loaded.tokenizer
@@ -85,15 +85,16 @@ def test_trace_tokens_equal_what_the_rollout_produces(loaded):
     from medr1.models import chat_prompt_ids
     from medr1.rollout import RolloutConfig, run_rollouts
 
-    cfg = sft.SFTConfig(trace_searches=2, topk=2, max_info_tokens=48)  # small budget: passages get cut
-    example = sft.build_traces([question(0)], ScriptedRetriever(), cfg)[0]
+    cfg = sft.SFTConfig(topk=2, max_info_tokens=48)  # small budget: passages get cut
+    retriever = TitledRetriever(["Tall stature", "Myopia"])  # no option found: a second search
+    example = sft.build_traces([question(0)], retriever, cfg)[0]
     row = sft.tokenize_example(loaded, example, 4096, cfg.max_info_tokens)
     own = [seg.text for seg in example.segments if seg.trained]
     backend = ScriptedBackend(loaded.tokenizer, lambda prompt, call: own[call])
     rcfg = RolloutConfig(max_turns=4, max_new_tokens_per_turn=1024, max_total_tokens=4096, topk=2,
                          max_info_tokens=cfg.max_info_tokens)
     prompt = chat_prompt_ids(loaded, example.messages)
-    traj = run_rollouts(loaded, [prompt], ScriptedRetriever(), rcfg, backend=backend)[0]
+    traj = run_rollouts(loaded, [prompt], retriever, rcfg, backend=backend)[0]
     assert traj.finish_reason == "answer" and len(traj.queries) == 2
     n = len(prompt)
     assert row["input_ids"][n:-1] == traj.token_ids  # everything but SFT's trained end-of-turn token
@@ -190,15 +191,16 @@ class TitledRetriever:
 
 def test_trace_searches_and_cites_the_evidence_it_was_given():
     cfg = sft.SFTConfig(topk=3)
-    titles = ["Homocystinuria", "Marfan syndrome", "Tall stature"]
+    titles = ["Tall stature", "Marfan syndrome", "Homocystinuria"]
     example = sft.build_traces([question(0)], TitledRetriever(titles), cfg)[0]
     info = [seg for seg in example.segments if seg.passages is not None]
-    assert len(info) == 1 and example.searches == 1
+    assert len(info) == 1 and example.searches == 1 and example.gold_in_results
     first = example.segments[0].text
     assert f"{tags.SEARCH_OPEN}tall stature, ectopia lentis, arachnodactyly{tags.SEARCH_CLOSE}" in first
     last = example.segments[-1].text
-    # the document cited is the one inserted at that rank, under that title, and the answer is that option's text
-    assert "Doc 2 (Marfan syndrome) matches the findings" in last
+    # the documents cited are the ones inserted at those ranks, under those titles; the answer is the first option
+    assert "Doc 1 (Tall stature) is not an option. Doc 2 (Marfan syndrome) is an option" in last
+    assert info[0].passages[0].startswith("Doc 1 (Title: Tall stature)")
     assert info[0].passages[1].startswith("Doc 2 (Title: Marfan syndrome)")
     assert last.endswith(f"{tags.ANSWER_OPEN}Marfan syndrome{tags.ANSWER_CLOSE}")
     letter = sft.SFTConfig(answer_with="letter")
@@ -206,11 +208,27 @@ def test_trace_searches_and_cites_the_evidence_it_was_given():
         f"{tags.ANSWER_OPEN}B{tags.ANSWER_CLOSE}")
 
 
-def test_trace_searches_again_for_an_option_when_the_evidence_names_none():
-    example = sft.build_traces([question(0)], TitledRetriever(["Tall stature", "Myopia"]), sft.SFTConfig())[0]
-    assert example.searches == 2 and not example.gold_in_results
+def test_trace_answers_the_first_retrieved_option_even_when_it_is_not_the_gold():
+    example = sft.build_traces([question(0)], TitledRetriever(["Homocystinuria", "Marfan syndrome"]),
+                               sft.SFTConfig())[0]
+    assert not example.gold_in_results  # counted in the data report
+    assert example.segments[-1].text.endswith(f"{tags.ANSWER_OPEN}Homocystinuria{tags.ANSWER_CLOSE}")
+
+
+def test_trace_searches_the_options_when_the_evidence_names_none():
+    class TwoRounds(TitledRetriever):
+        def search(self, queries, k=5):
+            self.titles = ["Marfan syndrome"] if "Homocystinuria; Marfan syndrome" in queries[0] else ["Myopia"]
+            return super().search(queries, k)
+
+    example = sft.build_traces([question(0)], TwoRounds([]), sft.SFTConfig())[0]
+    assert example.searches == 2 and example.gold_in_results
     again = example.segments[2].text
-    assert "No document is an option" in again and again.endswith(f"{tags.SEARCH_OPEN}Marfan syndrome{tags.SEARCH_CLOSE}")
+    assert "No document is an option. I will search the options with the findings." in again
+    assert again.endswith(f"{tags.SEARCH_OPEN}{sft.options_query(question(0))}{tags.SEARCH_CLOSE}")
+    assert sft.options_query(question(0)) == ("Homocystinuria; Marfan syndrome; Stickler syndrome; Ehlers-Danlos. "
+                                              "tall stature, ectopia lentis")
+    assert example.segments[-1].text.endswith(f"{tags.ANSWER_OPEN}Marfan syndrome{tags.ANSWER_CLOSE}")
 
 
 def test_built_training_sets_have_balanced_gold_letters(tmp_path):

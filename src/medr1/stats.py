@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from medr1.errors import DataError
+from medr1.metrics import wilson_interval
 
 Z95 = 1.959963984540054
 
@@ -87,17 +88,6 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of k/n."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def _table(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, int, int]:
     """(both right, a only, b only, both wrong)."""
     if len(a) != len(b):
@@ -114,8 +104,8 @@ def newcombe_paired(both: int, only_a: int, only_b: int, neither: int, z: float 
     if n == 0:
         return 0.0, -1.0, 1.0
     p_a, p_b = (both + only_a) / n, (both + only_b) / n
-    l_a, u_a = wilson(both + only_a, n, z)
-    l_b, u_b = wilson(both + only_b, n, z)
+    l_a, u_a = wilson_interval(both + only_a, n, z)
+    l_b, u_b = wilson_interval(both + only_b, n, z)
     d = p_a - p_b
     # phi correlation of the 2x2 table; 0 when a margin is empty (Newcombe's convention)
     margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)

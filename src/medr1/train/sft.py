@@ -5,8 +5,9 @@ Two kinds of examples are mixed:
   with explanations (MedMCQA `exp`, PubMedQA long answers, HPO-Dx explanations);
 - search traces, built from HPO-Dx train with REAL results of the retrieval index: the self-ask prompt ->
   `<think>plan</think>\\n<search>findings</search>` + the `<information>` block exactly as the rollout inserts it +
-  `<think>Doc N (title) matches the findings; it is an option.</think>\\n<answer>gold option text</answer>`; when
-  the findings search returns no document of an option, the trace searches again for an option's name first.
+  `<think>Doc 1 (title) is not an option. Doc 2 (title) is an option and matches the findings.</think>\\n<answer>its
+  option text</answer>`; when no retrieved document is an option, the trace searches again with the option names
+  and the findings first (`trace_example` states the policy).
 
 Targets answer with the gold option's own text (`answer_with: text`; the harness maps it to its letter), and gold
 letters are balanced over every built set (`medr1.train.common.balance_letters`). Test items are never used.
@@ -23,6 +24,7 @@ the model's own tokens. Full fine-tuning or LoRA (`lora: true`, peft); checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 import time
@@ -57,7 +59,6 @@ class SFTConfig(Budget):
     # search traces (HPO-Dx train with real retrieved results)
     trace_data: list[str] = field(default_factory=lambda: ["hpo-dx:train"])
     trace_limit: int | None = 200  # per source
-    trace_searches: int = 1  # 1: one findings search (plus an option-name search when it finds no option); 2: always
     trace_explanation: bool = False  # append the explanation to a trace's reasoning (longer; explanations have
     # their own examples)
     answer_with: str = "text"  # what <answer> holds in targets: "text" (the option's own text) or "letter"
@@ -98,8 +99,6 @@ class SFTConfig(Budget):
 
         if not get_method(self.explanation_prompt, "sft.explanation_prompt").llm:
             raise ConfigError(f"sft.explanation_prompt must be one of {llm_methods()}, got {self.explanation_prompt!r}")
-        if self.trace_searches not in (1, 2):
-            raise ConfigError(f"sft.trace_searches must be 1 or 2, got {self.trace_searches}")
         if self.answer_with not in ANSWER_WITH:
             raise ConfigError(f"sft.answer_with must be one of {ANSWER_WITH}, got {self.answer_with!r}")
         if not self.explanation_data and not self.trace_data:
@@ -133,7 +132,7 @@ class SFTExample:
     kind: str  # "explanation" | "trace"
     messages: list[dict]
     segments: list[Segment]
-    gold_in_results: bool = False  # traces: a retrieved document was the gold disease
+    gold_in_results: bool = False  # traces: the first retrieved document that is an option is the gold
 
     @property
     def target_text(self) -> str:
@@ -197,51 +196,67 @@ def information_segment(hits: list[Any]) -> Segment:
     return Segment(tags.format_information(list(passages)), trained=False, passages=passages)
 
 
-def _doc_match(hits: list[Any], question: Question) -> tuple[int, str] | None:
-    """(1-based rank, title) of the first hit that is a gold document or titled like the gold option."""
-    gold_text = question.options[question.answer].strip().lower()
+def options_query(question: Question, max_findings: int = 2) -> str:
+    """The second search of a trace whose first found no option: the option names with a few findings, so BM25
+    ranks the options' own documents by how well they share the findings."""
+    names = "; ".join(question.options[k] for k in sorted(question.options))
+    return f"{names}. {', '.join(question_findings(question)[:max_findings])}".strip(" .")
+
+
+def first_option_doc(hits: list[Any], question: Question) -> tuple[int, str, str] | None:
+    """(1-based rank, title, option letter) of the first hit that is one of the options (the gold's document by id,
+    any option by its title); None when no hit is an option."""
+    by_text = {" ".join(text.lower().split()): letter for letter, text in question.options.items()}
     for rank, hit in enumerate(hits, start=1):
-        if hit.doc.id in question.gold_doc_ids or hit.doc.title.strip().lower() == gold_text:
-            return rank, hit.doc.title.strip()
+        if hit.doc.id in question.gold_doc_ids:
+            return rank, hit.doc.title.strip(), question.answer
+        letter = by_text.get(" ".join(hit.doc.title.lower().split()))
+        if letter is not None:
+            return rank, hit.doc.title.strip(), letter
     return None
 
 
-def needs_check(question: Question, hits: list[Any], trace_searches: int) -> bool:
-    """Whether a trace searches a second time, for the gold option's name: always with `trace_searches` 2, and
-    whenever the findings search returned no document of the gold option (the evidence did not settle it)."""
-    return trace_searches == 2 or _doc_match(hits, question) is None
+def reading(hits: list[Any], found: tuple[int, str, str] | None) -> str:
+    """The trace's reading of one result list: each document before the first option named and set aside, then
+    the option found (or just that none is an option, to stay short). Naming the titles makes the model compare
+    them with the options."""
+    if found is None:
+        return "No document is an option."
+    parts = [f"Doc {i} ({hits[i - 1].doc.title.strip()}) is not an option." for i in range(1, found[0])]
+    parts.append(f"Doc {found[0]} ({found[1]}) is an option and matches the findings.")
+    return " ".join(parts)
 
 
-def trace_example(question: Question, query: str, hits: list[Any], check_hits: list[Any] | None = None,
+def trace_example(question: Question, query: str, hits: list[Any], again: list[Any] | None = None,
                   answer_with: str = "text", explanation: bool = False) -> SFTExample:
-    """A self-ask trace with the real `hits` of `query` (and of a search for the gold option's name, if given).
+    """A self-ask trace with the real `hits` of `query` (and, when they hold no option, the real hits `again` of
+    `options_query`).
 
-    The reasoning is short on purpose: it names the document that matches the findings and which option that is,
-    and answers with the option (`answer_target`), so the whole trace fits the shared rollout budget."""
+    The policy it teaches: search the findings; answer the first retrieved document that is an option; if none
+    is, search the options with the findings and do the same; if still none, pick the gold (unlearnable, rare).
+    The answer is the option (`answer_target`), and the reasoning is short so the trace fits the shared budget."""
     from medr1.prompts import build_messages
 
-    findings = question_findings(question)[:3]
-    gold = question.options[question.answer].strip()
-    plan = f"Key findings: {', '.join(findings)}. I will search for them." if findings else "I will search the findings."
+    plan = "I will search for the key findings."
     segments = [
         Segment(f"{tags.THINK_OPEN}{plan}{tags.THINK_CLOSE}\n{tags.SEARCH_OPEN}{query}{tags.SEARCH_CLOSE}"),
         information_segment(hits),
     ]
-    match = _doc_match(hits, question)
-    if match is not None:
-        seen = f"Doc {match[0]} ({match[1]}) matches the findings; it is an option."
-    else:
-        seen = "No document is an option. Let me look up an option."
-    if check_hits is not None:
-        lead = seen if match is None else f"{seen} Let me check it."
-        segments.append(Segment(f"{tags.THINK_OPEN}{lead}{tags.THINK_CLOSE}\n{tags.SEARCH_OPEN}{gold}{tags.SEARCH_CLOSE}"))
-        segments.append(information_segment(check_hits))
-        checked = _doc_match(check_hits, question)
-        seen = (f"Doc {checked[0]} ({checked[1]}) fits the findings; it is an option." if checked is not None
-                else f"Of the options, {gold} fits the findings best.")
+    found = first_option_doc(hits, question)
+    seen = reading(hits, found)
+    if found is None and again is not None:
+        segments.append(Segment(f"{tags.THINK_OPEN}{seen} I will search the options with the findings."
+                                f"{tags.THINK_CLOSE}\n{tags.SEARCH_OPEN}{options_query(question)}{tags.SEARCH_CLOSE}"))
+        segments.append(information_segment(again))
+        found = first_option_doc(again, question)
+        seen = reading(again, found)
+    chosen = question if found is None else dataclasses.replace(question, answer=found[2])
+    if found is None:
+        seen += f" Of the options, {question.options[question.answer].strip()} fits the findings best."
     reasoning = f"{seen} {(question.explanation or '').strip()}".strip() if explanation else seen
-    segments.append(Segment(f"{tags.THINK_OPEN}{reasoning}{tags.THINK_CLOSE}\n{answer_target(question, answer_with)}"))
-    return SFTExample(question.id, "trace", build_messages(question, "self-ask"), segments, match is not None)
+    segments.append(Segment(f"{tags.THINK_OPEN}{reasoning}{tags.THINK_CLOSE}\n{answer_target(chosen, answer_with)}"))
+    gold_found = found is not None and found[2] == question.answer
+    return SFTExample(question.id, "trace", build_messages(question, "self-ask"), segments, gold_found)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -312,13 +327,12 @@ def build_traces(questions: list[Question], retriever: Any, cfg: SFTConfig) -> l
     queries = [findings_query(q, cfg.findings_in_query) for q in questions]
     print(f"medr1: retrieving for {len(queries)} search traces...", file=sys.stderr, flush=True)
     results = search_batched(retriever, queries, cfg.topk)
-    checks: list[Any] = [None] * len(questions)
-    again = [i for i, (q, hits) in enumerate(zip(questions, results)) if needs_check(q, hits, cfg.trace_searches)]
-    found = search_batched(retriever, [questions[i].options[questions[i].answer] for i in again], cfg.topk)
-    for i, hits in zip(again, found):
-        checks[i] = hits
-    return [trace_example(q, query, hits, check, cfg.answer_with, cfg.trace_explanation)
-            for q, query, hits, check in zip(questions, queries, results, checks)]
+    again: list[Any] = [None] * len(questions)
+    todo = [i for i, (q, hits) in enumerate(zip(questions, results)) if first_option_doc(hits, q) is None]
+    for i, hits in zip(todo, search_batched(retriever, [options_query(questions[i]) for i in todo], cfg.topk)):
+        again[i] = hits
+    return [trace_example(q, query, hits, more, cfg.answer_with, cfg.trace_explanation)
+            for q, query, hits, more in zip(questions, queries, results, again)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
