@@ -249,9 +249,9 @@ def test_table_and_trace_commands_on_standalone_evals(tmp_path) -> None:
     result = CliRunner().invoke(app, ["table", str(cot), str(sa), "--out", str(out)])
     assert result.exit_code == 0, result.output
     lines = out.read_text(encoding="utf-8").splitlines()
-    assert lines[0].startswith("| dataset | method | model | n | accuracy | chance | top answer | unparseable |")
+    assert lines[0].startswith("| dataset | method | model | n | accuracy | chance | answers by letter | unparseable |")
     assert len(lines) == 4
-    assert lines[2].startswith("| hpo-dx:test | cot | smollm2-135m | 100 | 30.0% [21.9–39.6] | 25.0% | D 30% | 5.0% |")
+    assert lines[2].startswith("| hpo-dx:test | cot | smollm2-135m | 100 | 30.0% [21.9–39.6] | 25.0% | A 10% D 30% none 60% | 5.0% |")
     assert lines[3].startswith("| hpo-dx:test | self-ask | smollm2-135m | 100 | 45.0% [35.6–54.8] |")
 
     traces = CliRunner().invoke(app, ["trace", str(sa), "-k", "2"])

@@ -507,7 +507,7 @@ def table_cmd(
     eval_dirs: list[str] = typer.Argument(..., help="Output directories of `medr1 eval` (each with metrics.json)."),
     out: str | None = typer.Option(None, "--out", "-o", help="Also write the table to this markdown file."),
 ) -> None:
-    """One markdown table of several `medr1 eval` runs: accuracy [95% CI], chance, top answer, unparseable, gold hit...
+    """One markdown table of several `medr1 eval` runs: accuracy [95% CI], chance, answers by letter, unparseable, gold hit...
 
     Example: medr1 table runs/eval/cot runs/eval/rag runs/eval/self-ask --out runs/eval/table.md
     """

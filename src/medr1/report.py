@@ -191,7 +191,7 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[Sequence[str] 
 
 
 DETAIL_KEYS = (
-    ("n", "n"), ("accuracy", "accuracy"), ("chance_accuracy", "chance"), ("predictions", "top answer"),
+    ("n", "n"), ("accuracy", "accuracy"), ("chance_accuracy", "chance"), ("predictions", "answers by letter"),
     ("unparseable_rate", "unparseable"), ("gold_hit_rate", "gold-doc hit"),
     ("searches_per_question", "searches/q"), ("generated_tokens_mean", "tokens/q"),
     ("seconds_per_question", "s/q"), ("tool_errors", "tool errors"),
@@ -219,7 +219,7 @@ def detail_cells(m: dict[str, Any]) -> list[str]:
         if key == "accuracy":
             cells.append(accuracy_text(m))
         elif key == "predictions":
-            cells.append(top_answer(v))
+            cells.append(letter_shares(v))
         elif key in ("unparseable_rate", "gold_hit_rate", "chance_accuracy"):
             cells.append(f"{100 * v:.1f}%" if _num(v) is not None else "n/a")
         elif _num(v) is not None and not isinstance(v, int):
@@ -229,13 +229,14 @@ def detail_cells(m: dict[str, Any]) -> list[str]:
     return cells
 
 
-def top_answer(predictions: Any) -> str:
-    """`D 63%`: the most frequent prediction and its share (a position bias shows as a share far above 1/k)."""
-    answers = {k: v for k, v in predictions.items() if k != "unparseable"} if isinstance(predictions, dict) else {}
-    if not answers:
+def letter_shares(predictions: Any) -> str:
+    """`A 18% B 18% C 22% D 16% none 26%`: the share of each predicted letter (golds are balanced, so a position
+    bias shows as a share far above 1/k), unparseable last."""
+    if not isinstance(predictions, dict) or not predictions:
         return "n/a"
-    letter, count = max(answers.items(), key=lambda kv: kv[1])
-    return f"{letter} {100 * count / sum(predictions.values()):.0f}%"
+    total = sum(predictions.values())
+    keys = sorted(k for k in predictions if k != "unparseable") + (["unparseable"] if "unparseable" in predictions else [])
+    return " ".join(f"{'none' if k == 'unparseable' else k} {100 * predictions[k] / total:.0f}%" for k in keys)
 
 
 def eval_table(eval_dirs: Sequence[str | Path]) -> str:

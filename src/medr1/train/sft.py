@@ -133,6 +133,7 @@ class SFTExample:
     messages: list[dict]
     segments: list[Segment]
     gold_in_results: bool = False  # traces: the first retrieved document that is an option is the gold
+    first_option_at: str = ""  # traces: where the findings search put the first option ("doc 1", "later doc", "none")
 
     @property
     def target_text(self) -> str:
@@ -243,6 +244,7 @@ def trace_example(question: Question, query: str, hits: list[Any], again: list[A
         information_segment(hits),
     ]
     found = first_option_doc(hits, question)
+    first_at = _rank_bucket(found)
     seen = reading(hits, found)
     if found is None and again is not None:
         segments.append(Segment(f"{tags.THINK_OPEN}{seen} I will search the options with the findings."
@@ -256,7 +258,7 @@ def trace_example(question: Question, query: str, hits: list[Any], again: list[A
     reasoning = f"{seen} {(question.explanation or '').strip()}".strip() if explanation else seen
     segments.append(Segment(f"{tags.THINK_OPEN}{reasoning}{tags.THINK_CLOSE}\n{answer_target(chosen, answer_with)}"))
     gold_found = found is not None and found[2] == question.answer
-    return SFTExample(question.id, "trace", build_messages(question, "self-ask"), segments, gold_found)
+    return SFTExample(question.id, "trace", build_messages(question, "self-ask"), segments, gold_found, first_at)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -298,6 +300,7 @@ def build_examples(cfg: SFTConfig, retriever: Any = None) -> tuple[list[SFTExamp
             questions = common.balance_letters(_load(spec, cfg, report["trace"], cfg.trace_limit))
             made = build_traces(questions, retriever, cfg)
             entry = report["trace"][spec]
+            entry["first_option_at"] = dict(sorted(Counter(ex.first_option_at for ex in made).items()))
             entry["used"] = len(made)
             entry["gold_in_results"] = sum(ex.gold_in_results for ex in made)
             entry["two_searches"] = sum(ex.searches == 2 for ex in made)
@@ -308,6 +311,10 @@ def build_examples(cfg: SFTConfig, retriever: Any = None) -> tuple[list[SFTExamp
     report["kinds"] = dict(Counter(ex.kind for ex in examples))
     report["answer_letters"] = dict(sorted(letters.items()))
     return examples, report
+
+
+def _rank_bucket(found: tuple[int, str, str] | None) -> str:
+    return "none" if found is None else "doc 1" if found[0] == 1 else "later doc"
 
 
 def search_batched(retriever: Any, queries: list[str], k: int) -> list[list[Any]]:
