@@ -33,6 +33,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/retrieval.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/generation.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/training.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -289,7 +289,8 @@ def test_every_stage_receives_the_same_budget(profile) -> None:
     recipe = yaml.safe_load(pl.profile_recipe(profile).read_text())
     shared = Budget(**{**recipe["rollout"], "max_info_tokens": 99})
     configs = _stage_configs(plan)
-    assert len(configs) == 3 + 2 * (4 + 2 + 1 + 1)  # sft, 2 GRPO arms, 8 evals on each of 2 datasets
+    # sft, 2 GRPO arms, and on each of 2 datasets: the baselines, SFT and SFT+RAG, GRPO+RAG, GRPO
+    assert len(configs) == 3 + 2 * (len(plan.run.baselines) + 2 + 1 + 1)
     for name, cfg in configs.items():
         assert cfg.budget == shared, name
     # the comparability rule: searching methods get the turns, the others one turn with the whole budget
@@ -367,3 +368,14 @@ def test_smoke_profile_end_to_end(tmp_path, monkeypatch) -> None:
         assert f"| {row} | " in md and f"| {row} | not run |" not in md
     assert "grpo_curves.png" in md and (run_dir / "report_files" / "grpo_curves.png").is_file()
     assert seconds < 180 * 2, f"smoke took {seconds:.0f} s"  # generous: CI machines are shared
+
+
+def test_every_index_build_option_can_be_set_in_a_recipe(tmp_path) -> None:
+    recipe = write_recipe(tmp_path, index={"retriever": "hybrid", "rrf_k": 20, "dense_weight": 0.3, "k1": 1.2,
+                                           "dense_index": "/idx/dense"})
+    cfg = pl.configure_index(pl.make_plan(recipe), {})["index"]
+    args = cfg.build_args()
+    assert (args["hybrid"].rrf_k, args["hybrid"].dense_weight, args["hybrid"].bm25_weight) == (20, 0.3, 1.0)
+    assert (args["bm25"].k1, args["bm25"].b, args["dense_index"], args["embedder"]) == (1.2, 0.4, "/idx/dense", None)
+    with pytest.raises(ConfigError, match="index.retriever must be one of bm25, dense, hybrid"):
+        pl.make_plan(write_recipe(tmp_path, index={"retriever": "splade"}))

@@ -126,15 +126,33 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """The `index:` section: which retriever to build over the corpus."""
+    """The `index:` section: which retriever to build over the corpus, with every option of `medr1 index build`
+    (e.g. the README's best hybrid: `retriever: hybrid`, `rrf_k: 20`, `dense_weight: 0.3`)."""
 
     retriever: str = "bm25"
     embedder: str | None = None  # dense/hybrid: sentence-transformers model (default: bundled all-MiniLM-L6-v2)
-    rrf_k: float = 60.0
+    dense_index: str | None = None  # dense/hybrid: reuse the embeddings of this index over the same corpus
+    k1: float = 0.9  # BM25
+    b: float = 0.4
+    rrf_k: float = 60.0  # hybrid: reciprocal rank fusion
+    depth: int = 100
+    bm25_weight: float = 1.0
+    dense_weight: float = 1.0
 
     def validate(self) -> None:
-        if self.retriever not in ("bm25", "dense", "hybrid"):
-            raise ConfigError(f"index.retriever must be bm25, dense or hybrid, got {self.retriever!r}")
+        from medr1.retrieval.index import KINDS
+
+        if self.retriever not in KINDS:
+            raise ConfigError(f"index.retriever must be one of {', '.join(KINDS)}, got {self.retriever!r}")
+
+    def build_args(self) -> dict[str, Any]:
+        """Keyword arguments of `medr1.retrieval.index.build_index`."""
+        from medr1.retrieval.bm25 import BM25Params
+        from medr1.retrieval.hybrid import HybridParams
+
+        return {"embedder": self.embedder, "dense_index": self.dense_index, "bm25": BM25Params(k1=self.k1, b=self.b),
+                "hybrid": HybridParams(rrf_k=self.rrf_k, depth=self.depth, bm25_weight=self.bm25_weight,
+                                       dense_weight=self.dense_weight)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -394,8 +412,7 @@ def execute_index(ctx: StageContext) -> dict[str, Any]:
     from medr1.retrieval.index import build_index, read_index_meta
 
     cfg: IndexConfig = ctx.configs["index"]
-    out = build_index(ctx.inputs["corpus"]["corpus_dir"], cfg.retriever, ctx.dir / "index", embedder=cfg.embedder,
-                      rrf_k=cfg.rrf_k)
+    out = build_index(ctx.inputs["corpus"]["corpus_dir"], cfg.retriever, ctx.dir / "index", **cfg.build_args())
     meta = read_index_meta(out)
     fingerprint = _digest([meta.get("kind"), meta.get("corpus"), meta.get("params")])
     return {"index_dir": str(out), "kind": meta.get("kind"), "docs": (meta.get("corpus") or {}).get("docs"),

@@ -13,6 +13,10 @@ renames it into place, so a killed build leaves the old index or none.
     from medr1.retrieval.index import build_index, load_index
     build_index("corpora/hpo", "bm25", "indexes/hpo-bm25")
     retriever = load_index("indexes/hpo-bm25")
+
+The kinds (`bm25`, `dense`, `hybrid`) are the entries of `RETRIEVERS`, the retriever registry: a new kind is one
+entry (its build and load functions); `medr1 index build --retriever`, the recipe's `index:` section and
+`load_index` all read the registry.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,6 @@ from medr1.retrieval.hybrid import HybridParams
 INDEX_FILE = "index.json"
 DOCS_FILE = "docs.jsonl"
 FORMAT_VERSION = 1
-KINDS = ("bm25", "dense", "hybrid")
 
 
 def corpus_file(corpus: str | Path) -> Path:
@@ -105,26 +109,82 @@ def _reuse_dense(dense_index: str | Path, docs: list[Document], sha: str, embedd
     return DenseRetriever.load(src / "dense" if meta["kind"] == "hybrid" else src, docs, params, mmap=True)
 
 
+def _bm25_part(docs: list[Document], sha: str, opts: dict[str, Any], show_progress: bool) -> Any:
+    from medr1.retrieval.bm25 import BM25Retriever
+
+    return BM25Retriever.build(docs, opts["bm25"], show_progress=show_progress)
+
+
+def _dense_part(docs: list[Document], sha: str, opts: dict[str, Any], show_progress: bool) -> Any:
+    from medr1.retrieval.dense import DEFAULT_EMBEDDER, DenseParams, DenseRetriever
+
+    if opts["dense_index"]:
+        return _reuse_dense(opts["dense_index"], docs, sha, opts["embedder"])
+    return DenseRetriever.build(docs, DenseParams(embedder=opts["embedder"] or DEFAULT_EMBEDDER),
+                                show_progress=show_progress)
+
+
+def _build_single(part: Callable[..., Any]) -> Callable[..., tuple[dict[str, Any], dict[str, Any]]]:
+    def build(kind: str, docs: list[Document], sha: str, opts: dict[str, Any], show_progress: bool):
+        retriever = part(docs, sha, opts, show_progress)
+        return {kind: retriever}, retriever.params_dict()
+
+    return build
+
+
+def _build_hybrid(kind: str, docs: list[Document], sha: str, opts: dict[str, Any], show_progress: bool):
+    parts = {"bm25": _bm25_part(docs, sha, opts, show_progress), "dense": _dense_part(docs, sha, opts, show_progress)}
+    params = {"hybrid": asdict(opts["hybrid"]), "bm25": parts["bm25"].params_dict(),
+              "dense": parts["dense"].params_dict()}
+    return parts, params
+
+
+def _load_bm25(index_dir: Path, docs: list[Document], params: Any, mmap: bool) -> Any:
+    from medr1.retrieval.bm25 import BM25Retriever
+
+    return BM25Retriever.load(index_dir, docs, params, mmap=mmap)
+
+
+def _load_dense(index_dir: Path, docs: list[Document], params: Any, mmap: bool) -> Any:
+    from medr1.retrieval.dense import DenseRetriever
+
+    return DenseRetriever.load(index_dir, docs, params, mmap=mmap)
+
+
+def _load_hybrid(index_dir: Path, docs: list[Document], params: Any, mmap: bool) -> Any:
+    from medr1.retrieval.hybrid import HybridParams, HybridRetriever
+
+    try:
+        bm25_p, dense_p, hybrid_p = params["bm25"], params["dense"], params["hybrid"]
+    except (KeyError, TypeError):
+        raise DataError(f"{index_dir}/{INDEX_FILE}: hybrid params need 'bm25', 'dense' and 'hybrid'") from None
+    return HybridRetriever(_load_bm25(index_dir / "bm25", docs, bm25_p, mmap),
+                           _load_dense(index_dir / "dense", docs, dense_p, mmap),
+                           HybridParams.from_dict(hybrid_p, f"{index_dir}/{INDEX_FILE}"))
+
+
+@dataclass(frozen=True)
+class RetrieverKind:
+    """One entry of the retriever registry: how an index of this kind is built and loaded, and whether it embeds
+    (takes --embedder / --dense-index)."""
+
+    build: Callable[..., tuple[dict[str, Any], dict[str, Any]]]  # (kind, docs, sha, opts, progress) -> (parts, params)
+    load: Callable[..., Any]  # (index_dir, docs, params, mmap) -> Retriever
+    embeds: bool
+
+
+RETRIEVERS: dict[str, RetrieverKind] = {
+    "bm25": RetrieverKind(_build_single(_bm25_part), _load_bm25, embeds=False),
+    "dense": RetrieverKind(_build_single(_dense_part), _load_dense, embeds=True),
+    "hybrid": RetrieverKind(_build_hybrid, _load_hybrid, embeds=True),
+}
+KINDS = tuple(RETRIEVERS)
+
+
 def _build_parts(kind: str, docs: list[Document], sha: str, opts: dict[str, Any],
                  show_progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build the retriever objects for `kind`; returns ({subdir: retriever}, params)."""
-    from medr1.retrieval.bm25 import BM25Retriever
-    from medr1.retrieval.dense import DEFAULT_EMBEDDER, DenseParams, DenseRetriever
-
-    parts: dict[str, Any] = {}
-    if kind in ("bm25", "hybrid"):
-        parts["bm25"] = BM25Retriever.build(docs, opts["bm25"], show_progress=show_progress)
-    if kind in ("dense", "hybrid") and opts["dense_index"]:
-        parts["dense"] = _reuse_dense(opts["dense_index"], docs, sha, opts["embedder"])
-    elif kind in ("dense", "hybrid"):
-        parts["dense"] = DenseRetriever.build(docs, DenseParams(embedder=opts["embedder"] or DEFAULT_EMBEDDER),
-                                              show_progress=show_progress)
-    if kind == "hybrid":
-        params = {"hybrid": asdict(opts["hybrid"]),
-                  "bm25": parts["bm25"].params_dict(), "dense": parts["dense"].params_dict()}
-    else:
-        params = parts[kind].params_dict()
-    return parts, params
+    return RETRIEVERS[kind].build(kind, docs, sha, opts, show_progress)
 
 
 def build_index(corpus_dir: str | Path, retriever: str, out_dir: str | Path, embedder: str | None = None,
@@ -137,8 +197,8 @@ def build_index(corpus_dir: str | Path, retriever: str, out_dir: str | Path, emb
     """
     if retriever not in KINDS:
         raise ConfigError(f"unknown retriever {retriever!r} (expected one of {', '.join(KINDS)})")
-    if (embedder or dense_index) and retriever == "bm25":
-        raise ConfigError("--embedder and --dense-index apply to dense and hybrid indexes, not bm25")
+    if (embedder or dense_index) and not RETRIEVERS[retriever].embeds:
+        raise ConfigError(f"--embedder and --dense-index apply to dense and hybrid indexes, not {retriever}")
     bm25 = bm25 or BM25Params()
     if bm25.k1 < 0 or not 0 <= bm25.b <= 1:
         raise ConfigError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={bm25.k1}, b={bm25.b}")
@@ -237,30 +297,12 @@ def _checked_corpus(meta: dict[str, Any], index_dir: Path, corpus_dir: str | Pat
 
 def load_index(index_dir: str | Path, corpus_dir: str | Path | None = None, mmap: bool = True) -> Retriever:
     """Load a persisted index as a Retriever, refusing a corpus that does not match the recorded hash."""
-    from medr1.retrieval.bm25 import BM25Retriever
-    from medr1.retrieval.dense import DenseRetriever
-    from medr1.retrieval.hybrid import HybridParams, HybridRetriever
-
     index_dir = Path(index_dir).expanduser().resolve()
     meta = read_index_meta(index_dir)
     docs = load_corpus_documents(_checked_corpus(meta, index_dir, corpus_dir))
     if len(docs) != meta["corpus"]["docs"]:
         raise DataError(f"{index_dir}: index records {meta['corpus']['docs']} documents, corpus has {len(docs)}")
-    kind, params = meta["kind"], meta["params"]
-    if kind == "bm25":
-        retriever: Any = BM25Retriever.load(index_dir, docs, params, mmap=mmap)
-    elif kind == "dense":
-        retriever = DenseRetriever.load(index_dir, docs, params, mmap=mmap)
-    else:
-        try:
-            bm25_p, dense_p, hybrid_p = params["bm25"], params["dense"], params["hybrid"]
-        except (KeyError, TypeError):
-            raise DataError(f"{index_dir}/{INDEX_FILE}: hybrid params need 'bm25', 'dense' and 'hybrid'") from None
-        retriever = HybridRetriever(
-            BM25Retriever.load(index_dir / "bm25", docs, bm25_p, mmap=mmap),
-            DenseRetriever.load(index_dir / "dense", docs, dense_p, mmap=mmap),
-            HybridParams.from_dict(hybrid_p, f"{index_dir}/{INDEX_FILE}"),
-        )
+    retriever = RETRIEVERS[meta["kind"]].load(index_dir, docs, meta["params"], mmap)
     retriever.index_dir = index_dir
     retriever.meta = meta
     return retriever
