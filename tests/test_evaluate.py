@@ -32,7 +32,8 @@ def load_fixture_docs() -> list[Document]:
 
 
 class ScriptedLLM:
-    """Stands in for chat_prompt_ids + run_rollouts: the completion of each question comes from `script`."""
+    """A scripted `medr1.evaluate.Generator` (passed as `generator=`): the completion of each question comes from
+    `script`; each call records its prompts, retriever and rollout config."""
 
     def __init__(self, script: dict[str, str], searches: dict[str, list[str]] | None = None) -> None:
         self.script = script
@@ -44,7 +45,10 @@ class ScriptedLLM:
         self.messages.append(messages)
         return [len(self.messages) - 1]
 
-    def generate(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0):
+    def backend(self, loaded, kind):
+        return None
+
+    def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0):
         self.calls.append({"n": len(prompts), "retriever": retriever, "cfg": rcfg, "seed_offset": seed_offset})
         out = []
         for (pid,) in prompts:
@@ -81,17 +85,13 @@ def questions() -> list[Question]:
 
 
 @pytest.fixture
-def llm(monkeypatch) -> ScriptedLLM:
+def llm() -> ScriptedLLM:
     fake = ScriptedLLM({
         "q1": "<think>Tall stature, arachnodactyly, ectopia lentis and aortic root aneurysm.</think><answer>B</answer>",
         "q2": "<think>sweat chloride</think><answer>A</answer>",
         "q3": "<think>I am not sure</think>",
         "q4": "<think>skin</think><answer>D. Ehlers-Danlos</answer>",
     })
-    monkeypatch.setattr(ev, "_prompt_ids", fake.prompt_ids)
-    monkeypatch.setattr(ev, "_generate", fake.generate)
-    monkeypatch.setattr(ev, "_make_backend", lambda loaded, kind: None)
-    monkeypatch.setattr(ev, "rollout_config", lambda cfg, seed, single_turn: SimpleNamespace(seed=seed, single=single_turn))
     return fake
 
 
@@ -107,7 +107,7 @@ def _samples(cfg: ev.EvalConfig) -> list[dict]:
 
 def test_cot_run_writes_samples_metrics_and_config(tmp_path, questions, llm) -> None:
     cfg = _cfg(tmp_path)
-    metrics = ev.run_eval(cfg, questions=questions, loaded=object(), progress=False)
+    metrics = ev.run_eval(cfg, questions=questions, loaded=object(), progress=False, generator=llm)
     assert metrics["n"] == 4 and metrics["accuracy"] == 0.5 and metrics["unparseable_rate"] == 0.25
     assert metrics["gold_hit_rate"] is None  # cot retrieves nothing
     assert metrics["n_with_explanation"] == 3 and metrics["rouge_l"] > 0
@@ -116,45 +116,45 @@ def test_cot_run_writes_samples_metrics_and_config(tmp_path, questions, llm) -> 
     assert [s["prediction"] for s in samples] == ["B", "A", None, "D"]
     assert [s["correct"] for s in samples] == [True, False, False, True]
     assert samples[0]["completion"].startswith("<think>Tall") and samples[0]["gold"] == "B"
-    assert all(c["retriever"] is None and c["cfg"].single for c in llm.calls)
+    assert all(c["retriever"] is None and c["cfg"].max_turns == 1 for c in llm.calls)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"] == 0.5
     assert "method: cot" in (tmp_path / "run" / "config.yaml").read_text()
     assert "accuracy" in ev.format_metrics_table(metrics) and "95% CI" in ev.format_metrics_table(metrics)
 
 
 def test_resume_continues_after_last_sample_and_drops_a_torn_line(tmp_path, questions, llm) -> None:
-    ev.run_eval(_cfg(tmp_path, limit=2), questions=questions, loaded=object(), progress=False)
+    ev.run_eval(_cfg(tmp_path, limit=2), questions=questions, loaded=object(), progress=False, generator=llm)
     assert len(llm.calls) == 1
     samples_path = tmp_path / "run" / "samples.jsonl"
     with open(samples_path, "a") as fh:
         fh.write('{"id": "q3", "trunc')  # a writer killed mid-line
-    metrics = ev.run_eval(_cfg(tmp_path, limit=4), questions=questions, loaded=object(), progress=False)
+    metrics = ev.run_eval(_cfg(tmp_path, limit=4), questions=questions, loaded=object(), progress=False, generator=llm)
     assert len(llm.calls) == 2 and llm.calls[1]["n"] == 2  # only q3, q4 were generated
     assert [(c["cfg"].seed, c["seed_offset"]) for c in llm.calls] == [(0, 0), (0, 2)]  # seeds follow positions
     assert [s["id"] for s in _samples(_cfg(tmp_path))] == ["q1", "q2", "q3", "q4"]
     assert metrics["n"] == 4 and metrics["resumed_from"] == 2
-    again = ev.run_eval(_cfg(tmp_path, limit=4), questions=questions, loaded=None, progress=False)
+    again = ev.run_eval(_cfg(tmp_path, limit=4), questions=questions, loaded=None, progress=False, generator=llm)
     assert len(llm.calls) == 2 and again["accuracy"] == metrics["accuracy"]  # nothing left: no model loaded
 
 
 def test_a_different_config_is_refused_unless_forced(tmp_path, questions, llm) -> None:
-    ev.run_eval(_cfg(tmp_path, limit=2), questions=questions, loaded=object(), progress=False)
+    ev.run_eval(_cfg(tmp_path, limit=2), questions=questions, loaded=object(), progress=False, generator=llm)
     with pytest.raises(ConfigError, match=r"topk: 3 -> 5.*--force"):
-        ev.run_eval(_cfg(tmp_path, topk=5), questions=questions, loaded=object(), progress=False)
-    ev.run_eval(_cfg(tmp_path, topk=5), force=True, questions=questions, loaded=object(), progress=False)
+        ev.run_eval(_cfg(tmp_path, topk=5), questions=questions, loaded=object(), progress=False, generator=llm)
+    ev.run_eval(_cfg(tmp_path, topk=5), force=True, questions=questions, loaded=object(), progress=False, generator=llm)
     assert len(_samples(_cfg(tmp_path))) == 4
 
 
 def test_changed_data_is_refused(tmp_path, questions, llm) -> None:
-    ev.run_eval(_cfg(tmp_path, limit=2), questions=questions, loaded=object(), progress=False)
+    ev.run_eval(_cfg(tmp_path, limit=2), questions=questions, loaded=object(), progress=False, generator=llm)
     with pytest.raises(DataError, match="does not match question 1"):
-        ev.run_eval(_cfg(tmp_path), questions=questions[::-1], loaded=object(), progress=False)
+        ev.run_eval(_cfg(tmp_path), questions=questions[::-1], loaded=object(), progress=False, generator=llm)
 
 
 def test_rag_retrieves_with_the_question_and_shows_passages(tmp_path, questions, llm) -> None:
     retriever = FakeRetriever(load_fixture_docs())
     metrics = ev.run_eval(_cfg(tmp_path, method="rag", topk=2), questions=questions, loaded=object(),
-                          retriever=retriever, progress=False)
+                          retriever=retriever, progress=False, generator=llm)
     assert retriever.queries == [q.question for q in questions]
     content = llm.messages[0][0]["content"]
     assert "Doc 1 (Title: Marfan syndrome)" in content and "Doc 2 (Title: Homocystinuria)" in content
@@ -167,7 +167,7 @@ def test_rag_retrieves_with_the_question_and_shows_passages(tmp_path, questions,
 
 def test_rag_retrieval_failure_is_recorded_not_raised(tmp_path, questions, llm) -> None:
     metrics = ev.run_eval(_cfg(tmp_path, method="rag"), questions=questions, loaded=object(),
-                          retriever=FakeRetriever([], fail=True), progress=False)
+                          retriever=FakeRetriever([], fail=True), progress=False, generator=llm)
     assert metrics["tool_errors"] == 4 and metrics["n"] == 4
     assert "No documents found." in llm.messages[0][0]["content"]
     assert "retriever down" in _samples(_cfg(tmp_path, method="rag"))[0]["tool_errors"][0]
@@ -177,8 +177,8 @@ def test_self_ask_passes_the_retriever_into_the_loop(tmp_path, questions, llm) -
     llm.searches = {"q1": ["tall stature ectopia lentis"]}
     retriever = FakeRetriever(load_fixture_docs())
     metrics = ev.run_eval(_cfg(tmp_path, method="self-ask"), questions=questions, loaded=object(),
-                          retriever=retriever, progress=False)
-    assert all(c["retriever"] is retriever and not c["cfg"].single for c in llm.calls)
+                          retriever=retriever, progress=False, generator=llm)
+    assert all(c["retriever"] is retriever and not c["cfg"].max_turns == 1 for c in llm.calls)
     assert "<search>" in llm.messages[0][0]["content"]
     assert metrics["searches_per_question"] == 0.25 and metrics["gold_hit_rate"] == 0.25
 
@@ -302,7 +302,7 @@ def test_ask_free_text_and_render_trace(llm) -> None:
                          "</information>\n<think>fits</think><answer>Familial Mediterranean fever</answer>"}
     llm.searches = {"ask": ["recurrent fever serositis"]}
     cfg = ev.EvalConfig(out="-", method="self-ask")
-    rec = ev.ask_case("[ask] Recurrent fever and serositis", None, cfg, loaded=object(), retriever=FakeRetriever([]))
+    rec = ev.ask_case("[ask] Recurrent fever and serositis", None, cfg, loaded=object(), retriever=FakeRetriever([]), generator=llm)
     assert rec["prediction"] == "Familial Mediterranean fever" and rec["correct"] is None
     assert "diagnosis name" in llm.messages[-1][0]["content"]
     text = traces.render_trace(rec)
@@ -369,7 +369,7 @@ def dataclasses_replace(cfg, **kw):
 
 def test_rescore_reextracts_without_generating(tmp_path, questions, llm) -> None:
     cfg = _cfg(tmp_path)
-    ev.run_eval(cfg, questions=questions, loaded=object(), progress=False)
+    ev.run_eval(cfg, questions=questions, loaded=object(), progress=False, generator=llm)
     path = Path(cfg.out) / "samples.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     rows[2]["completion"] = "A. Familial Mediterranean fever"  # as if extraction rules had missed it before

@@ -236,45 +236,48 @@ def rollout_config(cfg: EvalConfig, seed: int, single_turn: bool) -> Any:
                       seed=seed)
 
 
-def _generate(loaded: Any, prompts: list[list[int]], retriever: Retriever | None, rcfg: Any,
-              backend: Any = None, seed_offset: int = 0) -> list[Any]:
-    from medr1.rollout import run_rollouts
+class Generator:
+    """How an LLM method turns chat messages into trajectories: the model's chat template, the generation backend
+    and `medr1.rollout.run_rollouts`. `run_eval(generator=...)` takes another (tests pass a scripted one)."""
 
-    return run_rollouts(loaded, prompts, retriever, rcfg, backend=backend, seed_offset=seed_offset)
+    def prompt_ids(self, loaded: Any, messages: list[dict]) -> list[int]:
+        from medr1.models import chat_prompt_ids
 
+        return chat_prompt_ids(loaded, messages)
 
-def _make_backend(loaded: Any, kind: str) -> Any:
-    from medr1.rollout import make_backend
+    def backend(self, loaded: Any, kind: str) -> Any:
+        from medr1.rollout import make_backend
 
-    return make_backend(loaded, kind)
+        return make_backend(loaded, kind)
 
+    def rollouts(self, loaded: Any, prompts: list[list[int]], retriever: Retriever | None, rcfg: Any,
+                 backend: Any = None, seed_offset: int = 0) -> list[Any]:
+        from medr1.rollout import run_rollouts
 
-def _prompt_ids(loaded: Any, messages: list[dict]) -> list[int]:
-    from medr1.models import chat_prompt_ids
-
-    return chat_prompt_ids(loaded, messages)
+        return run_rollouts(loaded, prompts, retriever, rcfg, backend=backend, seed_offset=seed_offset)
 
 
 def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retriever: Retriever | None,
-              seed: int, backend: Any = None, first: int = 0) -> list[dict]:
+              seed: int, backend: Any = None, first: int = 0, generator: Generator | None = None) -> list[dict]:
     """One batch of an LLM method: prompts, (rag: retrieval first), rollouts, per-question records.
 
     `first` is the position of the batch's first question in the whole run: sampling seeds follow positions, so a
     resumed run draws what an uninterrupted one would."""
     start = time.perf_counter()
     method = get_method(cfg.method)
+    gen = generator or Generator()
     hits: list[list[Hit]] = [[] for _ in questions]
     rag_error = None
     if method.retrieval == "prompt":
         assert retriever is not None
         hits, rag_error = _rag_passages(questions, retriever, cfg.topk)
     prompts = [
-        _prompt_ids(loaded, build_messages(q, cfg.method, format_passages(h) if method.retrieval == "prompt" else None))
+        gen.prompt_ids(loaded, build_messages(q, cfg.method, format_passages(h) if method.retrieval == "prompt" else None))
         for q, h in zip(questions, hits)
     ]
     in_loop = retriever if method.in_loop else None
-    trajectories = _generate(loaded, prompts, in_loop, rollout_config(cfg, seed, single_turn=in_loop is None), backend,
-                             seed_offset=first)
+    trajectories = gen.rollouts(loaded, prompts, in_loop, rollout_config(cfg, seed, single_turn=in_loop is None),
+                                backend, seed_offset=first)
     per_question = (time.perf_counter() - start) / max(1, len(questions))
     records = []
     for q, h, traj in zip(questions, hits, trajectories):
@@ -347,11 +350,13 @@ def _load_model(cfg: EvalConfig) -> Any:
 
 
 def run_eval(cfg: EvalConfig, *, force: bool = False, questions: Sequence[Question] | None = None,
-             loaded: Any = None, retriever: Retriever | None = None, progress: bool = True) -> dict[str, Any]:
+             loaded: Any = None, retriever: Retriever | None = None, progress: bool = True,
+             generator: Generator | None = None) -> dict[str, Any]:
     """Evaluate `cfg.method` on `cfg.data`, resuming a previous run in `cfg.out`; returns the metrics.
 
     `questions`, `loaded` and `retriever` may be passed in (a pipeline that already holds them, tests); otherwise
-    they are loaded from `cfg.data`, `cfg.model` and `cfg.index`.
+    they are loaded from `cfg.data`, `cfg.model` and `cfg.index`; `generator` replaces the model's generation
+    (`Generator`), e.g. by a scripted one.
     """
     from tqdm import tqdm
 
@@ -380,7 +385,8 @@ def run_eval(cfg: EvalConfig, *, force: bool = False, questions: Sequence[Questi
         if loaded is None and method.llm:
             loaded = _load_model(cfg)
         ranker = OptionRanker(retriever) if not method.llm else None
-        backend = _make_backend(loaded, cfg.backend) if ranker is None else None
+        gen = generator or Generator()
+        backend = gen.backend(loaded, cfg.backend) if ranker is None else None
         # The rollout refills its batch as trajectories finish, so it gets several batches' worth of prompts at once;
         # a chunk is also the unit written to samples.jsonl (and so of resuming).
         chunk = cfg.batch_size if ranker is not None else 4 * cfg.batch_size
@@ -393,7 +399,8 @@ def run_eval(cfg: EvalConfig, *, force: bool = False, questions: Sequence[Questi
             if ranker is not None:
                 records = ranker_batch(batch, ranker)
             else:
-                records = llm_batch(batch, cfg, loaded, retriever, seed=cfg.seed, backend=backend, first=first)
+                records = llm_batch(batch, cfg, loaded, retriever, seed=cfg.seed, backend=backend, first=first,
+                                    generator=gen)
             for rec in records:
                 append_jsonl(samples_path, rec)
             done.extend(records)
@@ -466,7 +473,7 @@ def parse_options(text: str | None) -> dict[str, str]:
 
 
 def ask_case(case: str, options: dict[str, str] | None, cfg: EvalConfig, *, loaded: Any = None,
-             retriever: Retriever | None = None) -> dict:
+             retriever: Retriever | None = None, generator: Generator | None = None) -> dict:
     """One self-ask diagnosis of a free-text case; returns a samples.jsonl-style record (gold unknown)."""
     if not case.strip():
         raise ConfigError("the case text is empty")
@@ -477,7 +484,8 @@ def ask_case(case: str, options: dict[str, str] | None, cfg: EvalConfig, *, load
 
         torch.set_num_threads(cfg.num_threads)
     loaded = loaded if loaded is not None else _load_model(cfg)
-    rec = llm_batch([question], dataclasses.replace(cfg, method="self-ask"), loaded, retriever, seed=cfg.seed)[0]
+    rec = llm_batch([question], dataclasses.replace(cfg, method="self-ask"), loaded, retriever, seed=cfg.seed,
+                    generator=generator)[0]
     rec.update(gold=None, correct=None)
     return rec
 
