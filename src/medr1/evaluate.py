@@ -271,10 +271,9 @@ def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retri
     if method.retrieval == "prompt":
         assert retriever is not None
         hits, rag_error = _rag_passages(questions, retriever, cfg.topk)
-    prompts = [
-        gen.prompt_ids(loaded, build_messages(q, cfg.method, format_passages(h) if method.retrieval == "prompt" else None))
-        for q, h in zip(questions, hits)
-    ]
+    into_prompt = method.retrieval == "prompt"
+    prompts = [gen.prompt_ids(loaded, build_messages(q, cfg.method, format_passages(h) if into_prompt else None))
+               for q, h in zip(questions, hits)]
     in_loop = retriever if method.in_loop else None
     trajectories = gen.rollouts(loaded, prompts, in_loop, rollout_config(cfg, seed, single_turn=in_loop is None),
                                 backend, seed_offset=first)

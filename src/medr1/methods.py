@@ -74,7 +74,8 @@ METHODS: dict[str, Method] = {}
 def register(method: Method) -> Method:
     """Add (or replace) a method; evaluation, prompts and `run.baselines` accept its name from then on."""
     if method.retrieval not in RETRIEVAL_KINDS:
-        raise ConfigError(f"method {method.name!r}: retrieval must be one of {RETRIEVAL_KINDS}, got {method.retrieval!r}")
+        raise ConfigError(f"method {method.name!r}: retrieval must be one of {RETRIEVAL_KINDS}, "
+                          f"got {method.retrieval!r}")
     METHODS[method.name] = method
     return method
 

@@ -235,7 +235,8 @@ def letter_shares(predictions: Any) -> str:
     if not isinstance(predictions, dict) or not predictions:
         return "n/a"
     total = sum(predictions.values())
-    keys = sorted(k for k in predictions if k != "unparseable") + (["unparseable"] if "unparseable" in predictions else [])
+    keys = sorted(k for k in predictions if k != "unparseable")
+    keys += ["unparseable"] if "unparseable" in predictions else []
     return " ".join(f"{'none' if k == 'unparseable' else k} {100 * predictions[k] / total:.0f}%" for k in keys)
 
 

@@ -48,8 +48,8 @@ class PairedResult:
         return asdict(self)
 
     def text(self) -> str:
-        """`+12.0 pp [+4.1, +19.6], McNemar p = 0.003 (a only 20, b only 8, n = 100)`."""
-        return (f"{100 * self.difference:+.1f} pp [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}], McNemar p = "
+        """`+12.0 pp [+4.1, +19.6], McNemar p = 0.003 (20 right only in the first, 8 only in the second, n = 100)`."""
+        return (f"{100 * self.difference:+.1f} pp [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}], McNemar p "
                 f"{format_p(self.mcnemar_p)} ({self.only_a} right only in the first, {self.only_b} only in the "
                 f"second, n = {self.n})")
 
@@ -74,8 +74,8 @@ class DiDResult:
 
     def text(self) -> str:
         return (f"{100 * self.estimate:+.1f} pp [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}] (paired "
-                f"bootstrap, {self.resamples} resamples; t-interval [{100 * self.t_low:+.1f}, {100 * self.t_high:+.1f}],"
-                f" p = {format_p(self.p_value)}, n = {self.n})")
+                f"bootstrap, {self.resamples} resamples; t-interval [{100 * self.t_low:+.1f}, "
+                f"{100 * self.t_high:+.1f}], p {format_p(self.p_value)}, n = {self.n})")
 
     @property
     def excludes_zero(self) -> bool:
@@ -83,9 +83,10 @@ class DiDResult:
 
 
 def format_p(p: float) -> str:
+    """`< 0.001`, `= 0.042` or `n/a`, to follow a `p`."""
     if math.isnan(p):
         return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def _table(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, int, int]:

@@ -99,9 +99,10 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
                  letters: str | None = None, options: dict[str, str] | None = None) -> float:
     """Grade one trace's tag protocol in [0, 1].
 
-    0.0 if the model wrote `<information>` itself. Otherwise the sum of: 0.5 when an option (its letter, or its text
-    when `options` are given) sits in an `<answer>` that closes the trace (only whitespace after `</answer>`), 0.25 when a non-empty `<think>…</think>`
-    comes before that answer, 0.25 when protocol tags are used, all balanced, with at most one `<answer>`.
+    0.0 if the model wrote `<information>` itself. Otherwise the sum of: 0.5 when an option (its letter, or its
+    text when `options` are given) sits in an `<answer>` that closes the trace (only whitespace after `</answer>`),
+    0.25 when a non-empty `<think>…</think>` comes before that answer, 0.25 when protocol tags are used, all
+    balanced, with at most one `<answer>`.
     """
     if _wrote_information(text, model_text, n_searches):
         return 0.0
