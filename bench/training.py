@@ -48,13 +48,14 @@ def matmul_gflops(n: int = 1024, repeat: int = 20) -> float:
 
 
 def examples(n: int) -> tuple[Any, list[dict]]:
+    from medr1 import models
     from medr1.config import load_config
-    from medr1.train import common, sft
+    from medr1.train import sft
 
     cfg = load_config(sft.SFTConfig, ROOT / "recipes" / "quickstart.yaml", section="sft")
     cfg = dataclasses.replace(cfg, trace_limit=n - n // 4, explanation_limit=n // 4)
     built, _ = sft.build_examples(cfg)
-    loaded = common.load_for_training(cfg.model, device="cpu")
+    loaded = models.load_model(cfg.model, device="cpu")
     rows, _ = sft.tokenize_examples(loaded, built, cfg.max_length, cfg.budget)
     return cfg, rows
 
@@ -88,9 +89,9 @@ def run_arm(name: str, rows: list[dict], args: Any, model_name: str) -> dict[str
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from medr1.train import common
+    from medr1 import models
 
-    loaded = common.load_for_training(model_name, device="cpu", seed=0)
+    loaded = models.load_model(model_name, device="cpu", seed=0)
     timer = StepTimer()
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=loaded.tokenizer, callbacks=[timer])

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from medr1 import tags  # noqa: E402
+from medr1 import models, tags  # noqa: E402
 from medr1.data.schema import Document, Question  # noqa: E402
 from medr1.retrieval.base import Hit  # noqa: E402
 from medr1.train import common, grpo  # noqa: E402
@@ -82,7 +82,7 @@ def tiny_cfg(tmp_path: Path, data_spec: str, **kw) -> grpo.GRPOConfig:
 def test_env_mask_zeroes_inserted_information(tmp_path, data_spec):
     cfg = tiny_cfg(tmp_path, data_spec)
     rows, _ = grpo.build_rows(cfg)
-    loaded = common.load_for_training(cfg.model, "cpu")
+    loaded = models.load_model(cfg.model, "cpu")
     trainer = grpo.build_trainer(cfg, loaded, rows, ScriptedRetriever(), scripted_rollout)
     inputs = [dict(rows[0]), dict(rows[0]), dict(rows[1]), dict(rows[1])]
     batch = trainer._generate_and_score_completions(inputs)
@@ -103,7 +103,7 @@ def test_env_mask_zeroes_inserted_information(tmp_path, data_spec):
 def test_one_step_changes_weights_and_logs(tmp_path, data_spec):
     cfg = tiny_cfg(tmp_path, data_spec, micro_batch_size=2)  # two micro-batches, one rollout call, one step
     rows, _ = grpo.build_rows(cfg)
-    loaded = common.load_for_training(cfg.model, "cpu")
+    loaded = models.load_model(cfg.model, "cpu")
     before = {k: v.detach().clone() for k, v in loaded.model.named_parameters()}
     trainer = grpo.build_trainer(cfg, loaded, rows, ScriptedRetriever(), scripted_rollout)
     result = trainer.train()
@@ -125,7 +125,7 @@ def test_one_step_changes_weights_and_logs(tmp_path, data_spec):
 def test_kl_reference_for_in_process_model(tmp_path, data_spec):
     cfg = tiny_cfg(tmp_path, data_spec, beta=0.1)
     rows, _ = grpo.build_rows(cfg)
-    loaded = common.load_for_training(cfg.model, "cpu")
+    loaded = models.load_model(cfg.model, "cpu")
     trainer = grpo.build_trainer(cfg, loaded, rows, ScriptedRetriever(), scripted_rollout)
     trainer.train()
     record = json.loads((tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()[0])
@@ -155,7 +155,7 @@ def test_real_rollout_engine_one_step(tmp_path, data_spec):
     """The real self-ask loop (HF backend) on the tiny model inside GRPOTrainer: finite loss, consistent masks."""
     cfg = tiny_cfg(tmp_path, data_spec, max_turns=2, max_new_tokens_per_turn=16, max_total_tokens=64, max_info_tokens=32)
     rows, _ = grpo.build_rows(cfg)
-    loaded = common.load_for_training(cfg.model, "cpu")
+    loaded = models.load_model(cfg.model, "cpu")
 
     def odd_length(completions, **kw):  # a reward with variance, so the random model gets a gradient
         return [float(len(c[0]["content"]) % 2) for c in completions]

@@ -42,7 +42,7 @@ def question(i: int, explanation: str | None = "Marfan syndrome: tall stature (v
 
 @pytest.fixture(scope="module")
 def loaded():
-    return common.load_for_training(models.TINY_MODEL, "cpu")
+    return models.load_model(models.TINY_MODEL, "cpu")
 
 
 def test_masks_are_exact(loaded):

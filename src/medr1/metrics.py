@@ -123,8 +123,9 @@ def extract_answer(text: str, letters: Iterable[str], options: dict[str, str] | 
     if not letters or not text:
         return None
     own = strip_information(text)
-    if answer_span(own) is not None:
-        return tagged_answer(own, letters, options)
+    span = answer_span(own)
+    if span is not None:
+        return _letter_in_span(span, letters, options)
     cls = _letters_class(letters)
     fallback = re.findall(
         rf"(?:(?i:answer)\s+is\s*:?\s*\(?|(?i:answer)\s*:\s*\(?|\"answer_choice\"\s*:\s*\")({cls})\b", own

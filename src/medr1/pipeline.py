@@ -544,17 +544,11 @@ def configure_eval(stage: str) -> Configure:
     return configure
 
 
-def load_model_for_eval(name: str, device: str, dtype: str, seed: int) -> Any:
-    """A LoadedModel in eval mode (`tiny-random-llama`, the smoke recipe's, is built from `seed`)."""
-    from medr1.models import load_model
-
-    return load_model(name, device=device, dtype=dtype, seed=seed)
-
-
 def execute_eval(ctx: StageContext) -> dict[str, Any]:
     """Every (method, dataset) of the stage, one model load and one retriever for all of them."""
     from medr1.data.sources import load_questions
     from medr1.evaluate import run_eval
+    from medr1.models import load_model
     from medr1.retrieval import open_retriever
 
     configs = ctx.configs
@@ -563,7 +557,7 @@ def execute_eval(ctx: StageContext) -> dict[str, Any]:
         return {"evals": [], "paths": []}
     loaded = None
     if any(get_method(c.method).llm for c in configs.values()):
-        loaded = load_model_for_eval(first.model, first.device, first.dtype, ctx.plan.run.seed)
+        loaded = load_model(first.model, device=first.device, dtype=first.dtype, seed=ctx.plan.run.seed)
     retriever = open_retriever(first.index) if any(get_method(c.method).retrieves for c in configs.values()) else None
     questions: dict[str, list] = {}
     evals = []

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from medr1.errors import DataError
@@ -32,8 +32,16 @@ from medr1.metrics import wilson_interval
 Z95 = 1.959963984540054
 
 
+class _Interval:
+    """Shared by results that carry a 95% interval of a difference in `ci_low` / `ci_high`."""
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.ci_low > 0 or self.ci_high < 0
+
+
 @dataclass(frozen=True)
-class PairedResult:
+class PairedResult(_Interval):
     n: int
     accuracy_a: float
     accuracy_b: float
@@ -44,22 +52,15 @@ class PairedResult:
     only_b: int
     mcnemar_p: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def text(self) -> str:
         """`+12.0 pp [+4.1, +19.6], McNemar p = 0.003 (20 right only in the first, 8 only in the second, n = 100)`."""
         return (f"{100 * self.difference:+.1f} pp [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}], McNemar p "
                 f"{format_p(self.mcnemar_p)} ({self.only_a} right only in the first, {self.only_b} only in the "
                 f"second, n = {self.n})")
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.ci_low > 0 or self.ci_high < 0
-
 
 @dataclass(frozen=True)
-class DiDResult:
+class DiDResult(_Interval):
     n: int
     estimate: float
     ci_low: float  # paired bootstrap percentile interval
@@ -69,17 +70,10 @@ class DiDResult:
     p_value: float  # one-sample t-test of mean 0 (scipy)
     resamples: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def text(self) -> str:
         return (f"{100 * self.estimate:+.1f} pp [{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}] (paired "
                 f"bootstrap, {self.resamples} resamples; t-interval [{100 * self.t_low:+.1f}, "
                 f"{100 * self.t_high:+.1f}], p {format_p(self.p_value)}, n = {self.n})")
-
-    @property
-    def excludes_zero(self) -> bool:
-        return self.ci_low > 0 or self.ci_high < 0
 
 
 def format_p(p: float) -> str:

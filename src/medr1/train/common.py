@@ -1,9 +1,9 @@
 """Pieces shared by the SFT and GRPO stages: training data (test splits refused, gold letters balanced), model
 loading for training, LoRA configs, the per-step `metrics.jsonl` callback, checkpoint discovery and resume
-bookkeeping.
+bookkeeping. Models load through `medr1.models.load_model` (tiny-random-llama included).
 
-    from medr1.train.common import load_for_training
-    loaded = load_for_training("tiny-random-llama")     # any name medr1.models.load_model knows
+    from medr1.train.common import training_questions
+    questions = training_questions("hpo-dx:train", ["test"], False, 0, "sft", report={})
 """
 
 from __future__ import annotations
@@ -62,13 +62,6 @@ def training_questions(spec: str, exclude_splits: list[str], skip_bad: bool, see
         report["skipped_bad"] = result.skips.total
         print(f"medr1: {spec}: {result.skips.summary()}", file=sys.stderr)
     return seeded_order(kept, seed, key=lambda q: q.id)
-
-
-def load_for_training(name: str, device: str = "auto", dtype: str = "auto", seed: int = 0) -> Any:
-    """A `medr1.models.LoadedModel` for training (`medr1.models.load_model`, put in train mode by the trainer)."""
-    from medr1 import models
-
-    return models.load_model(name, device=device, dtype=dtype, seed=seed)
 
 
 def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
@@ -294,7 +287,9 @@ def start_run(cfg: Any, trl_args: Callable[[Any], Any], stage: str, resume: bool
     build_trl_args(trl_args, cfg, stage)  # fail on bad trainer settings before loading the model
     checkpoint = prepare_output_dir(cfg.output_dir, resume)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    return checkpoint, load_for_training(cfg.model, cfg.device, cfg.dtype, cfg.seed)
+    from medr1.models import load_model
+
+    return checkpoint, load_model(cfg.model, cfg.device, cfg.dtype, cfg.seed)
 
 
 def trainer_args(cfg: Any) -> dict[str, Any]:
