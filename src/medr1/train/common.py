@@ -1,5 +1,5 @@
-"""Pieces shared by the SFT and GRPO stages: training data (test splits refused, gold letters balanced), model
-loading for training, LoRA configs, the per-step `metrics.jsonl` callback, checkpoint discovery and resume
+"""Pieces shared by the SFT and GRPO stages: training data (test splits refused, gold letters balanced), LoRA
+configs, the per-step `metrics.jsonl` callback, checkpoint discovery and resume
 bookkeeping. Models load through `medr1.models.load_model` (tiny-random-llama included).
 
     from medr1.train.common import training_questions
