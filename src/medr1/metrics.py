@@ -61,7 +61,8 @@ def _lone_letter(text: str, letters: str) -> str | None:
     return None
 
 
-def _norm_option(text: str) -> str:
+def normalize_name(text: str) -> str:
+    """A name compared loosely: lower case, punctuation as spaces, spaces collapsed (option texts, document titles)."""
     return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
 
 
@@ -74,8 +75,8 @@ def _option_named(span: str, letters: str, options: dict[str, str] | None) -> st
     """The letter of the one option whose text the span equals (case, spacing and punctuation ignored)."""
     if not options:
         return None
-    target = _norm_option(span)
-    named = [letter for letter, text in sorted(options.items()) if letter in letters and _norm_option(text) == target]
+    target = normalize_name(span)
+    named = [letter for letter, text in sorted(options.items()) if letter in letters and normalize_name(text) == target]
     return named[0] if len(named) == 1 else None
 
 

@@ -16,16 +16,12 @@ notion of negation.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from medr1.data.schema import Document, Question
+from medr1.metrics import normalize_name
 from medr1.retrieval.base import MAX_QUERY_CHARS, MAX_TOPK, Retriever
-
-
-def _norm_title(text: str) -> str:
-    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
 
 
 class OptionRanker:
@@ -41,7 +37,7 @@ class OptionRanker:
         self.docs = docs
         if docs:
             for i, doc in enumerate(docs):
-                self.by_title.setdefault(_norm_title(doc.title), []).append(i)
+                self.by_title.setdefault(normalize_name(doc.title), []).append(i)
                 self.index_of.setdefault(doc.id, i)
         # The in-process BM25 index scores every document (`score_all`); other retrievers only rank their top hits.
         self.exact_scores = bool(docs) and callable(getattr(self.scorer, "score_all", None))
@@ -56,11 +52,11 @@ class OptionRanker:
 
     def _candidates(self, option: str) -> tuple[list[Document], bool]:
         """Documents standing for one option, and whether they match its title exactly."""
-        key = _norm_title(option)
+        key = normalize_name(option)
         if self.docs and key in self.by_title:
             return [self.docs[i] for i in self.by_title[key]], True
         hits = self.retriever.search([option[:MAX_QUERY_CHARS]], k=5)[0] if option.strip() else []
-        exact = [h.doc for h in hits if _norm_title(h.doc.title) == key]
+        exact = [h.doc for h in hits if normalize_name(h.doc.title) == key]
         if exact:
             return exact, True
         return ([hits[0].doc] if hits else []), False
