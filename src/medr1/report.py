@@ -269,14 +269,20 @@ def _short_path(value: Any) -> str:
     return f"{kind}{sep}{arg}"
 
 
-def eval_samples(eval_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(samples, resolved config) of one `medr1 eval` output directory; an error naming what is missing."""
-    import yaml
-
+def read_samples(eval_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of one eval's samples.jsonl; an error naming the file when there are none."""
     path = Path(eval_dir) / "samples.jsonl"
     samples = read_jsonl_tolerant(path)
     if not samples:
         raise DataError(f"{path}: no samples (has `medr1 eval --out {eval_dir}` run?)")
+    return samples
+
+
+def eval_samples(eval_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(samples, resolved config) of one `medr1 eval` output directory; an error naming what is missing."""
+    import yaml
+
+    samples = read_samples(eval_dir)
     cfg_path = Path(eval_dir) / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     return samples, cfg if isinstance(cfg, dict) else {}
@@ -325,9 +331,7 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
 def eval_traces(eval_dir: str | Path, ids: Sequence[str] = (), k: int = 2) -> str:
     """Readable traces from an eval's samples.jsonl: the given ids, or k alternating right/wrong (searching first)."""
     path = Path(eval_dir) / "samples.jsonl"
-    samples = read_jsonl_tolerant(path)
-    if not samples:
-        raise DataError(f"{path}: no samples (has `medr1 eval --out {eval_dir}` run?)")
+    samples = read_samples(eval_dir)
     if ids:
         by_id = {str(s.get("id")): s for s in samples}
         missing = [i for i in ids if i not in by_id]
