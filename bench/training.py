@@ -107,12 +107,13 @@ def run_arm(name: str, rows: list[dict], args: Any, model_name: str) -> dict[str
 def arm_args(name: str, cfg: Any, steps: int, tmp: str) -> Any:
     from trl import SFTConfig as TrlSFTConfig
 
+    from medr1.config import replace_values
     from medr1.train import sft
 
     if name == "trl-defaults":
         return TrlSFTConfig(max_steps=steps, output_dir=tmp, use_cpu=True, report_to=[], logging_steps=1,
                             save_strategy="no", seed=0)
-    ours = dataclasses.replace(cfg, output_dir=tmp, max_steps=steps, save_steps=10**6, **ARMS[name])
+    ours = replace_values(cfg, output_dir=tmp, max_steps=steps, save_steps=10**6, **ARMS[name])
     return sft.trl_args(ours)
 
 

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from medr1 import models, tags  # noqa: E402
 from medr1.data.schema import Document, Question  # noqa: E402
 from medr1.retrieval.base import Hit  # noqa: E402
+from medr1.config import build_config, replace_values  # noqa: E402
 from medr1.train import common, grpo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def tiny_cfg(tmp_path: Path, data_spec: str, **kw) -> grpo.GRPOConfig:
         prompts_per_step=2, learning_rate=1e-2, max_steps=1, save_steps=1, device="cpu", temperature=1.0,
     )
     base.update(kw)
-    return grpo.GRPOConfig(**base)
+    return build_config(grpo.GRPOConfig, base)
 
 
 def test_env_mask_zeroes_inserted_information(tmp_path, data_spec):
@@ -143,7 +144,7 @@ def test_resume_continues_step_count(tmp_path, data_spec):
     shutil.rmtree(out / "checkpoint-2")
     with pytest.raises(Exception, match="--resume"):
         grpo.run_grpo(cfg, retriever=ScriptedRetriever(), rollout_fn=scripted_rollout)
-    resumed = grpo.GRPOConfig(**{**cfg.__dict__, "max_steps": 3})
+    resumed = replace_values(cfg, max_steps=3)
     plan = grpo.run_grpo(resumed, resume=True, retriever=ScriptedRetriever(), rollout_fn=scripted_rollout)
     assert plan["global_step"] == 3
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -196,7 +197,7 @@ def test_config_validation():
     from medr1.errors import ConfigError
 
     with pytest.raises(ConfigError, match="num_generations"):
-        grpo.GRPOConfig(num_generations=1).validate()
+        build_config(grpo.GRPOConfig, {"num_generations": 1})
     with pytest.raises(ConfigError, match="reward_weights"):
         grpo.GRPOConfig(rewards=["correctness"], reward_weights=[1.0, 0.5]).validate()
 
@@ -236,3 +237,26 @@ def test_recipes_parse_with_one_budget(name):
     args, _ = common.build_trl_args(grpo.trl_args, grpo_cfg, "grpo", dry_run=True)
     assert args.num_generations == grpo_cfg.num_generations and args.max_steps == grpo_cfg.max_steps
     assert make_plan(path).run.name  # the pipeline sections parse too
+
+
+def test_trl_keys_pass_through_flat():
+    """Any trl.GRPOConfig field can be written flat in the grpo: section: kept in `trl`, coerced to TRL's type, read
+    as an attribute, written back flat, and handed to TRL; keys medr1 derives are refused with the key to use."""
+    from medr1.config import config_dict
+    from medr1.errors import ConfigError
+
+    cfg = build_config(grpo.GRPOConfig, {"max_steps": "7", "epsilon_high": "0.28", "warmup_steps": "0.1",
+                                         "num_generations": "2"})
+    assert (cfg.max_steps, cfg.trl["epsilon_high"], cfg.warmup_steps) == (7, 0.28, 0.1)
+    assert cfg.trl["beta"] == 0.0  # medr1's default for a TRL key
+    flat = config_dict(cfg)
+    assert "trl" not in flat and flat["epsilon_high"] == 0.28 and flat["use_retrieval"] is True
+    assert build_config(grpo.GRPOConfig, flat) == cfg  # the saved config loads back unchanged
+    args = grpo.trl_args(replace_values(cfg, output_dir="/tmp/medr1-trl-keys", device="cpu"))
+    assert (args.max_steps, args.epsilon_high, args.num_generations, args.max_completion_length) == (7, 0.28, 2, 1024)
+    with pytest.raises(ConfigError, match="epsilon_hi'.*any field of trl.GRPOConfig"):
+        build_config(grpo.GRPOConfig, {"epsilon_hi": 0.3})
+    with pytest.raises(ConfigError, match="max_completion_length.*rollout.max_total_tokens"):
+        build_config(grpo.GRPOConfig, {"max_completion_length": 64})
+    with pytest.raises(ConfigError, match="max_steps"):
+        build_config(grpo.GRPOConfig, {"max_steps": "many"})

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from medr1 import models, tags  # noqa: E402
 from medr1.data.schema import Document, Question  # noqa: E402
 from medr1.retrieval.base import Hit  # noqa: E402
+from medr1.config import build_config  # noqa: E402
 from medr1.train import common, sft  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,10 +106,10 @@ def test_trl_labels_follow_our_masks_and_one_step_trains(tmp_path, loaded):
     examples = [sft.explanation_example(question(0)), *sft.build_traces([question(1)], ScriptedRetriever(), sft.SFTConfig())]
     rows, stats = sft.tokenize_examples(loaded, examples, 1024)
     assert stats["rows"] == 2 and stats["dropped_prompt_too_long"] == 0
-    cfg = sft.SFTConfig(
+    cfg = build_config(sft.SFTConfig, dict(
         model=models.TINY_MODEL, output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2,
         learning_rate=1e-2, device="cpu", save_steps=1,
-    )
+    ))
     before = {k: v.detach().clone() for k, v in loaded.model.named_parameters()}
     trainer = sft.build_trainer(cfg, loaded, rows)
     for prepared, row in zip(trainer.train_dataset, rows):
@@ -126,10 +127,10 @@ def test_run_sft_mix_counts_and_final_model(tmp_path):
     data = tmp_path / "q.jsonl"
     qs = [question(0), question(1, explanation=None), question(2, split="test"), question(3)]
     data.write_text("".join(json.dumps(q.to_dict()) + "\n" for q in qs))
-    cfg = sft.SFTConfig(
+    cfg = build_config(sft.SFTConfig, dict(
         model=models.TINY_MODEL, output_dir=str(tmp_path / "run"), explanation_data=[f"jsonl:{data}"],
         trace_data=[f"jsonl:{data}"], trace_limit=1, max_steps=1, per_device_train_batch_size=2, device="cpu",
-    )
+    ))
     plan = sft.run_sft(cfg, retriever=ScriptedRetriever())
     expl = plan["data"]["explanation"][f"jsonl:{data}"]
     assert expl == {"loaded": 4, "excluded_split": 1, "no_explanation": 1, "used": 2}

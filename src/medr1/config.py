@@ -1,7 +1,9 @@
 """Flat frozen dataclass configs: loaded from YAML, overridden by `key=value` strings, validated, written resolved.
 
 Each stage defines its own `@dataclass(frozen=True)` with typed fields and defaults, and optionally a `validate()`
-method that raises ConfigError. No nesting, no class names in YAML.
+method that raises ConfigError. No nesting, no class names in YAML. A config with a `PASSTHROUGH` field (the training
+configs: `trl`) also takes, flat in the same section, every key of the library config it wraps (`route_keys`); those
+keys are kept in that field, coerced to the library's own types, and written back flat.
 
     cfg = load_config(SFTConfig, "recipes/quickstart.yaml", overrides=["lr=1e-5"], section="sft")
     save_config(cfg, run_dir / "config.yaml")
@@ -84,14 +86,22 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, str]:
     return out
 
 
+def coerce_values(values: dict[str, Any], hints: dict[str, Any]) -> dict[str, Any]:
+    """Each value converted to its declared type (`hints`: field name -> type), or ConfigError naming the key."""
+    return {k: _coerce(k, v, hints.get(k, Any)) for k, v in values.items()}
+
+
 def build_config(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
-    """Instantiate `cls` from a flat mapping: unknown keys are errors listing the valid ones; types are coerced."""
+    """Instantiate `cls` from a flat mapping: unknown keys are errors listing the valid ones; types are coerced.
+    A config with a `PASSTHROUGH` field first moves the keys it does not declare into that field (`route_keys`)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    passthrough = getattr(cls, "PASSTHROUGH", None)
+    if passthrough:
+        values = cls.route_keys(values, where)
     unknown = set(values) - set(fields)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    kwargs = coerce_values(values, typing.get_type_hints(cls))
     try:
         cfg = cls(**kwargs)
     except TypeError as exc:
@@ -167,7 +177,18 @@ def section_values(cls: type, data: dict[str, Any], section: str, path: str | Pa
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as a flat mapping (a `PASSTHROUGH` field's keys at the top level, as the recipe writes them)."""
+    out = dataclasses.asdict(cfg)
+    passthrough = getattr(type(cfg), "PASSTHROUGH", None)
+    if passthrough:
+        out.update(out.pop(passthrough))
+    return out
+
+
+def replace_values(cfg: T, **values: Any) -> T:
+    """`cfg` with some keys changed, rebuilt (routed, coerced and validated) like a recipe section: the
+    `dataclasses.replace` for configs whose keys may live in a `PASSTHROUGH` field."""
+    return build_config(type(cfg), {**config_dict(cfg), **values}, type(cfg).__name__)
 
 
 def config_hash(cfg: Any) -> str:

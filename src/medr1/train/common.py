@@ -1,4 +1,5 @@
-"""Pieces shared by the SFT and GRPO stages: training data (test splits refused, gold letters balanced), LoRA
+"""Pieces shared by the SFT and GRPO stages: their config base (`TrainConfig`: medr1's own keys, the rollout
+budget, and every key of TRL's config passed through), training data (test splits refused, gold letters balanced), LoRA
 configs, the per-step `metrics.jsonl` callback, checkpoint discovery and resume
 bookkeeping. Models load through `medr1.models.load_model` (tiny-random-llama included).
 
@@ -15,11 +16,104 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from medr1 import models
 from medr1.errors import ConfigError
 from medr1.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
+from medr1.rollout import Budget
+
+# TRL keys that medr1 sets from its own keys; a recipe that writes them is told which key to use instead.
+SET_BY_MEDR1 = {
+    "output_dir": "output_dir (medr1's own)",
+    "seed": "seed (medr1's own)",
+    "data_seed": "seed",
+    "use_cpu": "device: cpu",
+    "report_to": "(TensorBoard when installed)",
+    "dataloader_num_workers": "(0: the dataset is tokenized in memory)",
+    "save_strategy": "save_steps",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig(Budget):
+    """What the `sft:` and `grpo:` sections share. Keys are flat, as in a recipe: medr1's own (declared here and in
+    the stage's subclass), the rollout budget (`Budget`, from the `rollout:` section), and ANY field of the TRL
+    config the stage wraps (`TRL_CLASS`: trl.SFTConfig / trl.GRPOConfig) under the name and type TRL documents —
+    `learning_rate`, `max_steps`, `warmup_steps`, `bf16`, `beta`, `loss_type`, `use_vllm`, ... They are kept in
+    `trl` over medr1's defaults for them (`TRL_DEFAULTS`), read as attributes (`cfg.max_steps`), handed to TRL as
+    they are (`trl_kwargs`), and written back flat. TRL keys that medr1 derives are refused (`SET_BY_MEDR1`)."""
+
+    PASSTHROUGH: ClassVar[str] = "trl"
+    TRL_CLASS: ClassVar[str] = ""
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    STAGE_SET_BY_MEDR1: ClassVar[dict[str, str]] = {}
+
+    model: str = "smollm2-135m"
+    output_dir: str = "runs/train"
+    exclude_splits: list[str] = field(default_factory=lambda: ["test"])  # never train on test items
+    skip_bad: bool = False
+    index: str | None = None  # retriever spec; None = the default HPO BM25 index
+    # LoRA via peft
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: list(models.LORA_TARGETS))
+    merge_lora: bool = True  # save final/ as a plain model (merged) so eval and GRPO load it like any other
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    trl: dict[str, Any] = field(default_factory=dict)  # TRL's own keys (flat in the recipe)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trl", {**self.TRL_DEFAULTS, **self.trl})
+
+    def __getattr__(self, name: str) -> Any:  # only called for names that are not fields: TRL's keys
+        passed = self.__dict__.get("trl") or {}
+        if name in passed:
+            return passed[name]
+        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
+
+    @classmethod
+    def trl_class(cls) -> type:
+        import trl
+
+        return getattr(trl, cls.TRL_CLASS)
+
+    @classmethod
+    def route_keys(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """Split a flat section: medr1's keys stay, TRL's move into `trl` (coerced to TRL's types); a key that is
+        neither, or one medr1 sets itself, is a ConfigError naming it."""
+        import dataclasses
+        import typing
+
+        from medr1.config import coerce_values
+
+        ours = {f.name for f in dataclasses.fields(cls)}
+        trl_cls = cls.trl_class()
+        theirs = {f.name for f in dataclasses.fields(trl_cls)}
+        derived = {**SET_BY_MEDR1, **cls.STAGE_SET_BY_MEDR1}
+        kept = {k: v for k, v in values.items() if k in ours}
+        passed = {k: v for k, v in values.items() if k not in ours}
+        refused = sorted(k for k in passed if k in derived)
+        if refused:
+            raise ConfigError(f"{where}: {refused} are set by medr1 from its own keys; use "
+                              + ", ".join(f"{k} -> {derived[k]}" for k in refused))
+        unknown = sorted(set(passed) - theirs)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; medr1 keys: {sorted(ours - {'trl'})}, and any field "
+                              f"of trl.{cls.TRL_CLASS} (see TRL's documentation)")
+        hints = typing.get_type_hints(trl_cls)
+        merged = {**(kept.pop("trl", None) or {}), **passed}
+        return kept | {"trl": coerce_values(merged, hints)} if merged or "trl" in values else kept
+
+    def trl_kwargs(self, **derived: Any) -> dict[str, Any]:
+        """The keyword arguments of TRL's config: the settings every run shares, the recipe's TRL keys, then the
+        values the stage derives from medr1's keys (`derived`)."""
+        return {**trainer_args(self), **self.trl, **derived}
 
 def balance_letters(questions: list[Any]) -> list[Any]:
     """The questions with their options re-lettered so that gold letters cycle A, B, C, ... over the list (per option
@@ -233,13 +327,13 @@ def finish_dry_run(plan: dict[str, Any], factory: Callable[[Any], Any], cfg: Any
 def build_trl_args(factory: Callable[[Any], Any], cfg: Any, stage: str, dry_run: bool = False) -> tuple[Any, str | None]:
     """(TRL args, note). TRL/transformers errors become ConfigErrors; in a dry run on a machine without a GPU, a
     GPU-only setting (bf16) is checked with it off and reported in the note instead of failing the plan."""
-    import dataclasses
+    from medr1.config import replace_values
 
     try:
         return factory(cfg), None
     except ValueError as exc:
         if dry_run and getattr(cfg, "bf16", False) and "bf16" in str(exc):
-            return factory(dataclasses.replace(cfg, bf16=False)), f"bf16 not checkable on this machine ({exc})"
+            return factory(replace_values(cfg, bf16=False)), f"bf16 not checkable on this machine ({exc})"
         raise ConfigError(f"{stage}: the trainer rejected the configuration: {exc}") from None
 
 
@@ -293,21 +387,10 @@ def start_run(cfg: Any, trl_args: Callable[[Any], Any], stage: str, resume: bool
 
 
 def trainer_args(cfg: Any) -> dict[str, Any]:
-    """The TRL/transformers training arguments SFT and GRPO share, from their flat configs (same field names)."""
+    """The TRL/transformers training arguments that medr1 sets for every SFT and GRPO run (`SET_BY_MEDR1`)."""
     return dict(
         output_dir=cfg.output_dir,
-        learning_rate=cfg.learning_rate,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        bf16=cfg.bf16,
-        activation_checkpointing=cfg.gradient_checkpointing,
         use_cpu=cfg.device == "cpu",
         seed=cfg.seed,
         data_seed=cfg.seed,

@@ -28,13 +28,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from medr1 import models
 from medr1.config import config_dict
 from medr1.data.schema import Question
 from medr1.errors import ConfigError, DataError
-from medr1.rollout import Budget
 from medr1.train import common
 from medr1.train.rewards import REWARD_NAMES, build_reward_funcs
 
@@ -51,68 +50,40 @@ METRIC_ALIASES = {
 
 
 @dataclass(frozen=True)
-class GRPOConfig(Budget):
-    """The `grpo:` section of a recipe (flat); mapped onto trl.GRPOConfig by `trl_args`. The budgets come from the
-    recipe's `rollout:` section (`Budget`); both arms get them through `medr1.rollout.for_method`."""
+class GRPOConfig(common.TrainConfig):
+    """The `grpo:` section of a recipe (flat): the keys below, the shared ones of `TrainConfig`, and any field of
+    `trl.GRPOConfig` (`learning_rate`, `max_steps`, `num_generations`, `beta`, `epsilon`, `loss_type`,
+    `temperature`, `use_vllm`, ...). The budgets come from the recipe's `rollout:` section (`Budget`); both arms get
+    them through `medr1.rollout.for_method`."""
 
-    model: str = "smollm2-135m"
+    TRL_CLASS: ClassVar[str] = "GRPOConfig"
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "learning_rate": 1e-6, "max_steps": 50, "lr_scheduler_type": "constant", "logging_steps": 1,
+        "save_steps": 10, "save_total_limit": 3, "bf16": False, "num_generations": 4, "gradient_accumulation_steps": 1,
+        "temperature": 1.0, "top_p": 1.0, "beta": 0.0, "epsilon": 0.2, "loss_type": "dapo", "scale_rewards": "group",
+        "num_iterations": 1, "mask_truncated_completions": False, "use_vllm": False, "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": 0.3, "vllm_tensor_parallel_size": 1, "log_completions": False,
+    }
+    STAGE_SET_BY_MEDR1: ClassVar[dict[str, str]] = {
+        "per_device_train_batch_size": "micro_batch_size (completions per forward/backward)",
+        "max_completion_length": "rollout.max_total_tokens",
+        "vllm_importance_sampling_correction": "(on with use_vllm: the rollout returns vLLM's logprobs)",
+    }
+
     output_dir: str = "runs/grpo"
     train_data: list[str] = field(default_factory=lambda: ["hpo-dx:train"])
     train_limit: int | None = None  # per source
-    exclude_splits: list[str] = field(default_factory=lambda: ["test"])
-    skip_bad: bool = False
     # environment
     use_retrieval: bool = True  # false: cot prompts, single-turn generation, no search (H2's comparison arm)
-    index: str | None = None  # retriever spec; None = the default HPO BM25 index
     rollout_batch_size: int = 16  # sequences generated together by the rollout engine
-    # sampling / groups
-    num_generations: int = 4  # group size
     prompts_per_step: int = 2  # distinct questions per optimizer step (x num_generations completions)
     micro_batch_size: int | None = None  # completions per forward/backward (memory); None = all of a step's at once
-    gradient_accumulation_steps: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    # objective
-    beta: float = 0.0  # KL coefficient; > 0 keeps a frozen reference model (or the adapter-free base with LoRA)
-    epsilon: float = 0.2
-    loss_type: str = "dapo"
-    scale_rewards: str = "group"
-    num_iterations: int = 1
-    mask_truncated_completions: bool = False
     rewards: list[str] = field(default_factory=lambda: ["correctness", "format"])
     reward_weights: list[float] = field(default_factory=lambda: [1.0, 0.2])
     bonus_per_search: float = 0.05
     bonus_max_searches: int = 3
     bonus_per_100_think_words: float = 0.05
     bonus_cap: float = 0.2
-    # optimisation
-    learning_rate: float = 1e-6
-    max_steps: int = 50
-    warmup: float = 0.0
-    lr_scheduler_type: str = "constant"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: list(models.LORA_TARGETS))
-    merge_lora: bool = True
-    # scale-out (GPU): TRL's vLLM integration; accelerate configs choose DeepSpeed / FSDP
-    use_vllm: bool = False
-    vllm_mode: str = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
-    vllm_tensor_parallel_size: int = 1
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    # run bookkeeping
-    save_steps: int = 10
-    save_total_limit: int | None = 3
-    logging_steps: int = 1
-    log_completions: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
 
     def validate(self) -> None:
         if self.num_generations < 2:
@@ -369,35 +340,18 @@ def _hf_rollouts(fn: RolloutFn, base: Any, trainer: Any, prompt_ids: list, retri
 
 
 def trl_args(cfg: GRPOConfig) -> Any:
-    from trl import GRPOConfig as TrlGRPOConfig
-
     # TRL generates per_device x gradient_accumulation_steps completions at once and slices them into micro-batches,
     # so splitting one step's completions into micro-batches only costs accumulation steps, not extra rollouts.
     per_step = cfg.prompts_per_step * cfg.num_generations
     micro = cfg.micro_batch_size or per_step
-    return TrlGRPOConfig(
-        **common.trainer_args(cfg),
-        num_generations=cfg.num_generations,
+    return cfg.trl_class()(**cfg.trl_kwargs(
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps * (per_step // micro),
         max_completion_length=cfg.max_total_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        beta=cfg.beta,
-        epsilon=cfg.epsilon,
-        loss_type=cfg.loss_type,
-        scale_rewards=cfg.scale_rewards,
-        num_iterations=cfg.num_iterations,
-        mask_truncated_completions=cfg.mask_truncated_completions,
         reward_weights=list(cfg.reward_weights),
-        use_vllm=cfg.use_vllm,
-        vllm_mode=cfg.vllm_mode,
-        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
         # with vLLM our rollout returns vLLM's token logprobs, so TRL can correct the sampler/trainer mismatch
         vllm_importance_sampling_correction=cfg.use_vllm,
-        log_completions=cfg.log_completions,
-    )
+    ))
 
 
 def reward_funcs(cfg: GRPOConfig) -> list[Callable[..., list[float | None]]]:

@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from medr1 import models, tags
 from medr1.config import config_dict
@@ -45,12 +45,21 @@ ANSWER_WITH = ("text", "letter")
 
 
 @dataclass(frozen=True)
-class SFTConfig(Budget):
-    """The `sft:` section of a recipe (flat). The budgets come from the recipe's `rollout:` section (`Budget`):
-    traces insert `<information>` blocks of `topk` passages cut to `max_info_tokens` exactly as the rollout does,
-    and the token report counts traces whose turns would not fit `max_new_tokens_per_turn` / `max_total_tokens`."""
+class SFTConfig(common.TrainConfig):
+    """The `sft:` section of a recipe (flat): the keys below, the shared ones of `TrainConfig`, and any field of
+    `trl.SFTConfig` (`learning_rate`, `max_steps`, `per_device_train_batch_size`, `bf16`, `max_length`, ...). The
+    budgets come from the recipe's `rollout:` section (`Budget`): traces insert `<information>` blocks of `topk`
+    passages cut to `max_info_tokens` exactly as the rollout does, and the token report counts traces whose turns
+    would not fit `max_new_tokens_per_turn` / `max_total_tokens`."""
 
-    model: str = "smollm2-135m"
+    TRL_CLASS: ClassVar[str] = "SFTConfig"
+    # medr1's defaults for TRL keys (where they differ from TRL's, or the code reads them); the rest are TRL's own
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "learning_rate": 2e-5, "num_train_epochs": 1.0, "max_steps": -1, "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 1, "lr_scheduler_type": "linear", "logging_steps": 1, "save_steps": 50,
+        "save_total_limit": 2, "bf16": False, "max_length": 1024, "packing": False, "dataset_num_proc": None,
+    }
+
     output_dir: str = "runs/sft"
     # data mix: explanation sources (questions without an explanation are counted and left out)
     explanation_data: list[str] = field(default_factory=lambda: ["hpo-dx:train"])
@@ -62,37 +71,7 @@ class SFTConfig(Budget):
     trace_explanation: bool = False  # append the explanation to a trace's reasoning (longer; explanations have
     # their own examples)
     answer_with: str = "text"  # what <answer> holds in targets: "text" (the option's own text) or "letter"
-    index: str | None = None  # retriever spec; None = the default HPO BM25 index
     findings_in_query: int = 6
-    exclude_splits: list[str] = field(default_factory=lambda: ["test"])  # never train on test items
-    skip_bad: bool = False
-    max_length: int = 1024
-    # optimisation (mapped onto trl.SFTConfig)
-    learning_rate: float = 2e-5
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    warmup: float = 0.0  # warmup steps, or a fraction of all steps when < 1
-    weight_decay: float = 0.0
-    lr_scheduler_type: str = "linear"
-    max_grad_norm: float = 1.0
-    # LoRA via peft
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: list(models.LORA_TARGETS))
-    merge_lora: bool = True  # save final/ as a plain model (merged) so eval and GRPO load it like any other
-    # run bookkeeping
-    save_steps: int = 50
-    save_total_limit: int | None = 2
-    logging_steps: int = 1
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
 
     def validate(self) -> None:
         from medr1.methods import get_method, llm_methods
@@ -444,17 +423,7 @@ def tokenize_examples(
 
 def trl_args(cfg: SFTConfig) -> Any:
     """The trl.SFTConfig for our flat config (the dataset arrives pre-tokenized with assistant masks)."""
-    from trl import SFTConfig as TrlSFTConfig
-
-    return TrlSFTConfig(
-        **common.trainer_args(cfg),
-        max_length=cfg.max_length,
-        packing=False,
-        num_train_epochs=cfg.num_train_epochs,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        dataset_num_proc=None,
-    )
+    return cfg.trl_class()(**cfg.trl_kwargs())
 
 
 def load_tokenizer_only(name: str) -> tuple[Any | None, str]:
