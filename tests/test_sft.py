@@ -73,7 +73,7 @@ def test_masks_are_exact(loaded):
     assert ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
     trained_text = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=True)
     assert tags.INFO_OPEN not in trained_text and "97th centile" not in trained_text
-    assert trained_text.count(tags.SEARCH_OPEN) == 2 and trained_text.endswith("<answer>Marfan syndrome</answer>")
+    assert trained_text.count(tags.SEARCH_OPEN) == 2 and trained_text.endswith("<answer>Marfan syndrome (B)</answer>")
     # The two blocks the environment inserts are exactly the untrained part after the prompt.
     untrained = tok.decode([t for t, m in zip(ids[n_prompt:], mask[n_prompt:]) if not m])
     assert untrained.count(tags.INFO_OPEN) == 2 and untrained.count(tags.INFO_CLOSE) == 2
@@ -203,7 +203,10 @@ def test_trace_searches_and_cites_the_evidence_it_was_given():
     assert "Doc 1 (Tall stature) is not an option. Doc 2 (Marfan syndrome) is an option" in last
     assert info[0].passages[0].startswith("Doc 1 (Title: Tall stature)")
     assert info[0].passages[1].startswith("Doc 2 (Title: Marfan syndrome)")
-    assert last.endswith(f"{tags.ANSWER_OPEN}Marfan syndrome{tags.ANSWER_CLOSE}")
+    assert last.endswith(f"{tags.ANSWER_OPEN}Marfan syndrome (B){tags.ANSWER_CLOSE}")  # the text, then its letter
+    text = sft.SFTConfig(answer_with="text")
+    assert sft.build_traces([question(0)], TitledRetriever(titles), text)[0].segments[-1].text.endswith(
+        f"{tags.ANSWER_OPEN}Marfan syndrome{tags.ANSWER_CLOSE}")
     letter = sft.SFTConfig(answer_with="letter")
     assert sft.build_traces([question(0)], TitledRetriever(titles), letter)[0].segments[-1].text.endswith(
         f"{tags.ANSWER_OPEN}B{tags.ANSWER_CLOSE}")
@@ -213,7 +216,7 @@ def test_trace_answers_the_first_retrieved_option_even_when_it_is_not_the_gold()
     example = sft.build_traces([question(0)], TitledRetriever(["Homocystinuria", "Marfan syndrome"]),
                                sft.SFTConfig())[0]
     assert not example.gold_in_results  # counted in the data report
-    assert example.segments[-1].text.endswith(f"{tags.ANSWER_OPEN}Homocystinuria{tags.ANSWER_CLOSE}")
+    assert example.segments[-1].text.endswith(f"{tags.ANSWER_OPEN}Homocystinuria (A){tags.ANSWER_CLOSE}")
 
 
 def test_trace_searches_the_options_when_the_evidence_names_none():
@@ -229,7 +232,7 @@ def test_trace_searches_the_options_when_the_evidence_names_none():
     assert again.endswith(f"{tags.SEARCH_OPEN}{sft.options_query(question(0))}{tags.SEARCH_CLOSE}")
     assert sft.options_query(question(0)) == ("Homocystinuria; Marfan syndrome; Stickler syndrome; Ehlers-Danlos. "
                                               "tall stature, ectopia lentis")
-    assert example.segments[-1].text.endswith(f"{tags.ANSWER_OPEN}Marfan syndrome{tags.ANSWER_CLOSE}")
+    assert example.segments[-1].text.endswith(f"{tags.ANSWER_OPEN}Marfan syndrome (B){tags.ANSWER_CLOSE}")
 
 
 def test_built_training_sets_have_balanced_gold_letters(tmp_path):
@@ -248,8 +251,9 @@ def test_built_training_sets_have_balanced_gold_letters(tmp_path):
                 continue
             options = dict(line.split(". ", 1) for line in ex.messages[-1]["content"].split("Options:\n")[1].split("\n")
                            if line[:2] in ("A.", "B.", "C.", "D."))
-            golds[next(k for k, v in options.items() if v == "Marfan syndrome")] += 1
-            assert f"{tags.ANSWER_OPEN}Marfan syndrome{tags.ANSWER_CLOSE}" in ex.target_text
+            gold = next(k for k, v in options.items() if v == "Marfan syndrome")
+            golds[gold] += 1
+            assert f"{tags.ANSWER_OPEN}Marfan syndrome ({gold}){tags.ANSWER_CLOSE}" in ex.target_text
         assert max(golds.values()) - min(golds.values()) <= 1 and len(golds) == 4, (kind, golds)
 
 

@@ -10,10 +10,12 @@ tag protocol as the answer field. Exactly, in order:
    a. the span is a lone letter, optionally wrapped: `B`, `(B)`, `B.`, `**B**`, `b`;
    b. the span equals one option's text (case, spacing and punctuation ignored), when `options` are given: the
       model may name its choice instead of giving its letter (small models bind a name to its letter poorly,
-      so the harness does the binding, as it maps a disease name to an id in open diagnosis);
+      so the harness does the binding, as it maps a disease name to an id in open diagnosis); also with its letter
+      beside it, `Marfan syndrome (B)` or `B. Marfan syndrome`, the text deciding when the two disagree;
    c. it starts with a letter and a separator (MIRAGE's `^X.`, `^X:`, `^X,`, `^X/`, `^X or`, `^X)`): `B. Marfan`;
    d. `option B` / `option (B)` (any case of "option");
-   e. `answer is B` / `answer: B`.
+   e. `answer is B` / `answer: B`;
+   f. it ends with a letter in parentheses: `Loeys-Dietz syndrome (C)` (a name that is no option, with a letter).
    A span that matches none of these is unparseable: the model committed to an answer we cannot read, and the
    fallbacks below are not consulted. `tagged_answer` applies rule 2 alone; rewards pay only for it.
 3. Without any answer span, fallbacks over the model's text (MIRAGE style):
@@ -71,13 +73,23 @@ def _leading_letter_pattern(letters: str) -> str:
     return rf"^\s*[*(\[]*({_letters_class(letters)})(?:[).:,/\]*]|\s+or\b|\s+and\b|\s+-)"
 
 
+def _name_part(span: str, letters: str) -> str:
+    """The span without a letter beside the name: `Marfan syndrome (B)` and `B. Marfan syndrome` -> `Marfan syndrome`."""
+    cls = _letters_class(letters)
+    return re.sub(rf"^\s*\(?{cls}[.):]\s+|\s*\({cls}\)\s*$", "", span)
+
+
 def _option_named(span: str, letters: str, options: dict[str, str] | None) -> str | None:
-    """The letter of the one option whose text the span equals (case, spacing and punctuation ignored)."""
+    """The letter of the one option whose text the span equals (case, spacing and punctuation ignored), with or
+    without its letter beside it."""
     if not options:
         return None
-    target = normalize_name(span)
-    named = [letter for letter, text in sorted(options.items()) if letter in letters and normalize_name(text) == target]
-    return named[0] if len(named) == 1 else None
+    for target in dict.fromkeys((normalize_name(span), normalize_name(_name_part(span, letters)))):
+        named = [letter for letter, text in sorted(options.items())
+                 if letter in letters and normalize_name(text) == target]
+        if len(named) == 1:
+            return named[0]
+    return None
 
 
 def _letter_in_span(span: str, letters: str, options: dict[str, str] | None) -> str | None:
@@ -91,6 +103,7 @@ def _letter_in_span(span: str, letters: str, options: dict[str, str] | None) -> 
         _leading_letter_pattern(letters),
         rf"(?i:option)\s*\(?({cls})\b",
         rf"(?i:answer)(?:\s+is)?\s*:?\s*\(?({cls})\b",
+        rf"\(({cls})\)\s*$",
     )
     for pat in patterns:
         if m := re.search(pat, span):
@@ -249,4 +262,21 @@ def aggregate(samples: Sequence[dict[str, Any]], uses_retrieval: bool = True, te
         # position bias shows here: a small model that always answers "D" scores the share of D golds
         "predictions": dict(sorted(Counter(str(s.get("prediction") or "unparseable") for s in samples).items())),
         "chance_accuracy": _mean([1.0 / len(s["options"]) for s in samples if s.get("options")]),
+        "subsets": subset_accuracy(samples),
     }
+
+
+def subset_accuracy(samples: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Accuracy with its Wilson interval per `subset` of the records that name one (real patients: whether the
+    knowledge base was curated from the patient's own publication); {} when none does."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        if s.get("subset"):
+            groups.setdefault(str(s["subset"]), []).append(s)
+    out = {}
+    for name, group in sorted(groups.items()):
+        correct = sum(bool(s.get("correct")) for s in group)
+        low, high = wilson_interval(correct, len(group))
+        out[name] = {"n": len(group), "accuracy": correct / len(group), "ci_low": low, "ci_high": high,
+                     "unparseable_rate": sum(not s.get("parsed") for s in group) / len(group)}
+    return out

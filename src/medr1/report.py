@@ -104,6 +104,7 @@ def load_artifacts(run_dir: str | Path) -> RunArtifacts:
             metrics = _read_json(eval_dir(run_dir, row.stage, row.method, ds["key"]) / "metrics.json")
             if isinstance(metrics, dict):
                 art.results[(row.label, ds["key"])] = metrics
+    art.datasets = with_subset_columns(art.datasets, art.results)
     for label, stage in TRAINING_RUNS:
         records = read_jsonl_tolerant(run_dir / stage / "metrics.jsonl")
         if records:
@@ -119,8 +120,40 @@ def load_artifacts(run_dir: str | Path) -> RunArtifacts:
     return art
 
 
+SUBSET_SEP = "@"  # a column `phenopackets@unseen-publication`: one subset of a dataset's questions
+
+
+def with_subset_columns(datasets: list[dict[str, Any]], results: dict[tuple[str, str], dict[str, Any]]
+                        ) -> list[dict[str, Any]]:
+    """The dataset columns with, before each dataset whose results name question subsets (real patients: whether
+    the knowledge base was curated from the patient's publication), one column per subset, unseen-publication
+    first — the headline; `results` gains each variant's subset metrics under the column's key."""
+    out = []
+    for ds in datasets:
+        names: dict[str, int] = {}
+        for (label, key), m in list(results.items()):
+            for name, sub in (m.get("subsets") or {}).items() if key == ds["key"] else ():
+                results[(label, f"{key}{SUBSET_SEP}{name}")] = sub
+                names[name] = sub.get("n", 0)
+        for name in sorted(names, key=lambda n: (n != "unseen-publication", n)):
+            title = f"{ds.get('title') or ds['key']}, {name}" + (" (headline)" if name == "unseen-publication" else "")
+            out.append({"key": f"{ds['key']}{SUBSET_SEP}{name}", "title": title, "status": "ok", "n": names[name],
+                        "subset": name})
+        out.append(ds)
+    return out
+
+
 def samples_path(run_dir: Path, row_label: str, dataset_key: str) -> Path:
-    return variant_dir(run_dir, row_label, dataset_key) / "samples.jsonl"
+    return variant_dir(run_dir, row_label, dataset_key.split(SUBSET_SEP)[0]) / "samples.jsonl"
+
+
+def read_column_samples(run_dir: Path, row_label: str, column_key: str) -> list[dict[str, Any]]:
+    """The samples of one variant in one column (a subset column keeps only its subset's questions)."""
+    samples = read_jsonl_tolerant(samples_path(run_dir, row_label, column_key))
+    if SUBSET_SEP not in column_key:
+        return samples
+    subset = column_key.split(SUBSET_SEP, 1)[1]
+    return [s for s in samples if s.get("subset") == subset]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -148,6 +181,8 @@ def cell_parts(m: dict[str, Any] | None, writes_text: bool = True) -> list[str]:
     """
     if not m or _num(m.get("accuracy")) is None:
         return [NOT_RUN]
+    if "bleu" not in m:  # a subset column: accuracy (and the unparseable share) only
+        return [accuracy_text(m), f"{100 * m.get('unparseable_rate', 0):.0f}% unparseable"]
     bleu, rouge, searches = _num(m.get("bleu")), _num(m.get("rouge_l")), _num(m.get("searches_per_question"))
     if not writes_text:
         bleu = rouge = None
@@ -205,7 +240,7 @@ def detail_rows(results: dict[tuple[str, str], dict[str, Any]], datasets: Sequen
     body = []
     for d in shown_datasets(datasets, results):
         for r in rows:
-            m = results.get((r.label, d["key"]))
+            m = None if d.get("subset") else results.get((r.label, d["key"]))
             if m:
                 body.append([r.label, str(d.get("title") or d["key"])] + detail_cells(m))
     return header, body
@@ -252,6 +287,9 @@ def eval_table(eval_dirs: Sequence[str | Path]) -> str:
         if not isinstance(m, dict):
             raise DataError(f"{path}: unreadable or not a JSON object of metrics")
         body.append([_short_path(m.get("data")), str(m.get("method")), _short_path(m.get("model"))] + detail_cells(m))
+        for name, sub in (m.get("subsets") or {}).items():  # real patients: by whether HPO used their publication
+            body.append([f"{_short_path(m.get('data'))}, {name}", str(m.get("method")), _short_path(m.get("model")),
+                         str(sub["n"]), accuracy_text(sub)] + ["" for _ in DETAIL_KEYS[2:]])
     return markdown_table(header, body)
 
 
@@ -315,6 +353,10 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
         f"| B | {dir_b} | {cb.get('method', '?')} | {100 * r.accuracy_b:.1f}% |",
         "", f"A − B = {r.text()} (Newcombe's paired 95% interval; McNemar's test)",
     ]
+    for name, (sub_a, sub_b) in subset_pairs(sa, sb).items():
+        sr = paired_difference(sub_a, sub_b)
+        lines.append(f"{name} (n = {len(sub_a)}): A {100 * sr.accuracy_a:.1f}%, B {100 * sr.accuracy_b:.1f}%, "
+                     f"A − B = {sr.text()}")
     if differ:
         lines.append(f"Warning: different budgets ({'; '.join(differ)}).")
     if ca.get("rotate", 0) != cb.get("rotate", 0):
@@ -326,6 +368,22 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
                          f"answered in both, the answer follows the content in {100 * rot['follows_content']:.1f}% "
                          f"and the letter in {100 * rot['follows_letter']:.1f}%.")
     return "\n".join(lines)
+
+
+def subset_pairs(sa: Sequence[dict], sb: Sequence[dict]) -> dict[str, tuple[list[bool], list[bool]]]:
+    """Paired correctness per question `subset` (real patients: unseen-publication first, the headline), over the
+    questions both evals answered; {} when the samples name no subset."""
+    from medr1.stats import align
+
+    ids, a, b = align(sa, sb)
+    subset = {str(s.get("id")): s.get("subset") for s in sa}
+    out: dict[str, tuple[list[bool], list[bool]]] = {}
+    for qid, x, y in zip(ids, a, b):
+        if subset.get(qid):
+            pair = out.setdefault(str(subset[qid]), ([], []))
+            pair[0].append(x)
+            pair[1].append(y)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] != "unseen-publication", kv[0])))
 
 
 def eval_traces(eval_dir: str | Path, ids: Sequence[str] = (), k: int = 2) -> str:
@@ -395,7 +453,7 @@ def aligned_outcomes(run_dir: Path, key: str, labels: Sequence[str]) -> dict[str
     """Per-question correctness of each row label on one dataset, aligned by question id (None: did not run)."""
     from medr1.stats import align
 
-    found = {lab: read_jsonl_tolerant(samples_path(run_dir, lab, key)) for lab in labels}
+    found = {lab: read_column_samples(run_dir, lab, key) for lab in labels}
     present = {lab: v for lab, v in found.items() if v}
     if not present:
         return {lab: None for lab in labels}

@@ -156,6 +156,11 @@ class Disease:
     def aspect(self, letter: str) -> list[Annotation]:
         return [a for a in self.annotations if a.aspect == letter and not a.negated]
 
+    @property
+    def references(self) -> frozenset[str]:
+        """The publications its annotations were curated from (`PMID:...` and other ids of the reference column)."""
+        return frozenset(r.strip() for a in self.annotations for r in a.reference.split(";") if r.strip())
+
 
 class HPO:
     """Parsed terms + diseases of one HPO release, with memoized ancestor sets."""

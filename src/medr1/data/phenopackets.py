@@ -6,6 +6,12 @@ observed `phenotypicFeatures` are the findings, excluded ones become "no X", the
 and the diagnosed OMIM disease (`interpretations[].diagnosis.disease`, else `diseases[]`) is the answer. The three
 distractors are chosen exactly as in HPO-Dx (`hpo_dx.choose_distractors`), from all HPO-annotated diseases.
 
+Leakage: HPO curated many of its disease annotations from the very publications these patients come from. Each
+question's `meta["subset"]` says which (`publication_subset`): "unseen-publication" when none of the patient's
+publications (`metaData.externalReferences` PMIDs) is among the references of its disease's annotations — the
+honest, headline subset, a patient the knowledge base was not written from; "seen-publication" otherwise;
+"no-publication" when the phenopacket cites none. Every metric is also reported per subset.
+
 Skips are always counted in the SkipLog and never silent: "disease not in HPO annotations" (the phenopacket is fine,
 the HPO release just does not annotate its disease), "no observed phenotypic features", "fewer than 3 distractors".
 Malformed files (invalid JSON, missing diagnosis, features without an id) are DataErrors naming the file, which
@@ -84,6 +90,24 @@ def _disease(packet: dict, where: str) -> tuple[str, str]:
     raise DataError(f"{where}: no diagnosis (interpretations[].diagnosis.disease or diseases[].term)")
 
 
+UNSEEN, SEEN, NO_PUBLICATION = "unseen-publication", "seen-publication", "no-publication"
+
+
+def publications(packet: dict) -> list[str]:
+    """The PMIDs a phenopacket cites (`metaData.externalReferences[].id`), in order, without duplicates."""
+    refs = ((packet.get("metaData") or {}).get("externalReferences") or []) if isinstance(packet, dict) else []
+    ids = [str(r.get("id", "")).strip() for r in refs if isinstance(r, dict)]
+    return list(dict.fromkeys(i for i in ids if i.upper().startswith("PMID:")))
+
+
+def publication_subset(pmids: list[str], disease_references: frozenset[str]) -> str:
+    """Whether the knowledge base's annotations of the patient's disease were curated from the patient's own
+    publication: SEEN if any PMID is among them, UNSEEN if none is, NO_PUBLICATION without a PMID."""
+    if not pmids:
+        return NO_PUBLICATION
+    return SEEN if any(p in disease_references for p in pmids) else UNSEEN
+
+
 def _features(hpo: HPO, packet: dict, where: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(observed, excluded) features as (resolved HPO id, label); labels from this HPO release when it knows the id."""
     features = packet.get("phenotypicFeatures")
@@ -137,6 +161,7 @@ class PhenopacketConverter:
             text += " There is " + join_words([f"no {lower_label(l)}" for _, l in excluded]) + "."
         text += " Which of the following is the most likely diagnosis?"
         disease = hpo.diseases[disease_id]
+        pmids = publications(packet)
         answer_name = display_name(disease.name)
         options, answer = options_for(answer_name, [display_name(hpo.diseases[c.id].name) for c in distractors], rng)
         return Question(
@@ -146,6 +171,7 @@ class PhenopacketConverter:
             meta={
                 "disease_id": disease_id, "disease_name": answer_name, "phenopacket_disease_label": disease_label,
                 "file": rel_path or where, "age_days": age, "sex": sex,
+                "pmids": pmids, "subset": publication_subset(pmids, disease.references),
                 "findings": [{"hpo_id": h, "label": l} for h, l in observed],
                 "excluded": [{"hpo_id": h, "label": l} for h, l in excluded],
                 "distractors": [{"id": c.id, "name": display_name(hpo.diseases[c.id].name), "score": c.score,

@@ -41,7 +41,7 @@ from medr1.io import atomic_write_json
 from medr1.rollout import Budget
 from medr1.train import common
 
-ANSWER_WITH = ("text", "letter")
+ANSWER_WITH = ("text-letter", "text", "letter")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ class SFTConfig(common.TrainConfig):
     trace_limit: int | None = 200  # per source
     trace_explanation: bool = False  # append the explanation to a trace's reasoning (longer; explanations have
     # their own examples)
-    answer_with: str = "text"  # what <answer> holds in targets: "text" (the option's own text) or "letter"
+    answer_with: str = "text-letter"  # what <answer> holds in targets: "text-letter" (the option's own text, then
+    # its letter: `Marfan syndrome (B)`), "text" (the text alone) or "letter"
     findings_in_query: int = 6
 
     def validate(self) -> None:
@@ -123,14 +124,17 @@ class SFTExample:
         return sum(seg.passages is not None for seg in self.segments)
 
 
-def answer_target(question: Question, answer_with: str = "text") -> str:
-    """What a target's `<answer>` holds: the gold option's own text (the harness maps it to its letter; a small
-    model copies a name it has read far more reliably than it binds the name to a letter) or the gold letter."""
-    body = question.options[question.answer].strip() if answer_with == "text" else question.answer
+def answer_target(question: Question, answer_with: str = "text-letter") -> str:
+    """What a target's `<answer>` holds: the gold option's own text, then its letter (`Marfan syndrome (B)`; the
+    text decides, the harness binding it to its letter: a small model copies a name it has read far more reliably
+    than it binds a name to a letter, and the letter keeps an answer readable when the name it copied is no
+    option), the text alone (`text`) or the letter alone (`letter`)."""
+    text, letter = question.options[question.answer].strip(), question.answer
+    body = {"text-letter": f"{text} ({letter})", "text": text, "letter": letter}[answer_with]
     return f"{tags.ANSWER_OPEN}{body}{tags.ANSWER_CLOSE}"
 
 
-def explanation_example(question: Question, prompt_method: str = "cot", answer_with: str = "text") -> SFTExample | None:
+def explanation_example(question: Question, prompt_method: str = "cot", answer_with: str = "text-letter") -> SFTExample | None:
     """`<think>explanation</think>\n<answer>gold</answer>` under the `prompt_method` prompt; None without one."""
     from medr1.prompts import build_messages
 
@@ -208,7 +212,7 @@ def reading(hits: list[Any], found: tuple[int, str, str] | None) -> str:
 
 
 def trace_example(question: Question, query: str, hits: list[Any], again: list[Any] | None = None,
-                  answer_with: str = "text", explanation: bool = False) -> SFTExample:
+                  answer_with: str = "text-letter", explanation: bool = False) -> SFTExample:
     """A self-ask trace with the real `hits` of `query` (and, when they hold no option, the real hits `again` of
     `options_query`).
 
