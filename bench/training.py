@@ -1,7 +1,9 @@
-"""SFT throughput of medr1's trainer vs plain TRL defaults on the same examples, and vs the fp32 matmul limit.
+"""SFT throughput of medr1's trainer vs plain TRL defaults on the same examples, and vs the fp32 matmul limit; GRPO
+seconds per step of medr1's trainer vs plain TRL defaults on the same prompts.
 
-    python bench/training.py                    # ~4 minutes on 2 idle CPU cores
+    python bench/training.py                    # SFT, ~4 minutes on 2 idle CPU cores
     python bench/training.py --examples 32 --steps 3 --threads 2
+    python bench/training.py --stage grpo --steps 3    # GRPO, ~8 minutes
 
 Workload: real SFT examples of the quickstart recipe (`recipes/quickstart.yaml`, section `sft:`: HPO-Dx train search
 traces with real BM25 results and explanation examples), tokenized once with their assistant masks, and the real
@@ -16,6 +18,16 @@ Tokens/s counts real tokens (no padding) per wall-clock second of training steps
 rate measured in the same run divided by ~6 x parameters FLOPs per token (forward + backward; attention excluded);
 the share of that limit is the number the issue's 50% goal reads. The first loss of each arm is printed: bf16
 autocast must train the same model (losses within a few thousandths of fp32's).
+
+GRPO (`--stage grpo`): the quickstart's `grpo:` section on the base SmolLM2, no-retrieval arm (so both arms generate
+the same kind of completion: one turn, the shared budget of the cot method), the same prompts (HPO-Dx train), the
+same group (2 prompts x 4 completions per step), the same completion budget and temperature, the same rewards:
+- trl-defaults  `trl.GRPOTrainer` with `trl.GRPOConfig`'s defaults (its own generation loop, activation
+                checkpointing, its bf16 default), only the group shape, completion budget, steps and logging set;
+- medr1         `medr1.train.grpo.build_trainer` as `medr1 grpo` runs it (medr1's rollout engine through
+                `rollout_func`, bf16 autocast, micro-batches of 2, no reference model at beta 0).
+Seconds per optimizer step after a warm-up step, and the mean completion length of each arm (generation time grows
+with it, so the two are printed side by side).
 """
 
 from __future__ import annotations
@@ -126,6 +138,78 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 
+GRPO_ARMS = ("trl-defaults", "medr1")
+
+
+def grpo_cfg(steps: int, tmp: str) -> Any:
+    from medr1.config import load_config, replace_values
+    from medr1.train import grpo
+
+    cfg = load_config(grpo.GRPOConfig, ROOT / "recipes" / "quickstart.yaml", section="grpo")
+    return replace_values(cfg, model="smollm2-135m", use_retrieval=False, output_dir=tmp, max_steps=steps,
+                          save_steps=10**6, train_limit=8 * steps)
+
+
+def grpo_child(arm: str, steps: int) -> None:
+    """One GRPO arm in its own process: seconds per step after the first, mean completion length."""
+    import json
+
+    from datasets import Dataset
+    from trl import GRPOConfig as TrlGRPOConfig
+    from trl import GRPOTrainer
+
+    from medr1 import models
+    from medr1.train import grpo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = grpo_cfg(steps, tmp)
+        rows, _ = grpo.build_rows(cfg)
+        loaded = models.load_model(cfg.model, device="cpu", seed=0)
+        timer = StepTimer()
+        if arm == "trl-defaults":
+            per_step = cfg.prompts_per_step * cfg.num_generations
+            args = TrlGRPOConfig(output_dir=tmp, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
+                                 seed=0, max_steps=steps, num_generations=cfg.num_generations,
+                                 per_device_train_batch_size=per_step, max_completion_length=cfg.max_total_tokens,
+                                 reward_weights=list(cfg.reward_weights))
+            trainer = GRPOTrainer(model=loaded.model, reward_funcs=grpo.reward_funcs(cfg), args=args,
+                                  train_dataset=Dataset.from_list(rows), processing_class=loaded.tokenizer,
+                                  callbacks=[timer])
+        else:
+            trainer = grpo.build_trainer(cfg, loaded, rows, retriever=None)
+            trainer.add_callback(timer)
+        trainer.train()
+        lengths = [float(r["completions/mean_length"]) for r in trainer.state.log_history
+                   if "completions/mean_length" in r]
+    steps_s = timer.times[1:]
+    print("RESULT " + json.dumps({"name": arm, "s_per_step": sum(steps_s) / max(1, len(steps_s)),
+                                  "completion_length": sum(lengths) / max(1, len(lengths))}), flush=True)
+
+
+def grpo_main(steps: int, threads: int) -> None:
+    import json
+    import subprocess
+
+    results = []
+    for arm in GRPO_ARMS:
+        cmd = [sys.executable, __file__, "--stage", "grpo", "--arm", arm, "--steps", str(steps), "--threads",
+               str(threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(f"  {arm}: failed\n{out.stderr[-2000:]}")
+            continue
+        results.append(json.loads(line[len("RESULT "):]))
+        print(f"  {arm:13s} {results[-1]['s_per_step']:6.1f} s/step  completion length "
+              f"{results[-1]['completion_length']:.0f} tokens", flush=True)
+    if len(results) == 2:
+        ref = results[0]["s_per_step"]
+        print("\n| arm | s/step | vs trl-defaults | mean completion tokens |\n|---|---|---|---|")
+        for r in results:
+            print(f"| {r['name']} | {r['s_per_step']:.1f} | {r['s_per_step'] / ref:.2f}x | "
+                  f"{r['completion_length']:.0f} |")
+
+
 def child(arm: str, rows_file: str, steps: int) -> None:
     """One arm in its own process (accelerate fixes mixed precision once per process)."""
     import json
@@ -147,13 +231,16 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32, help="examples built (8 per step)")
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per arm (the first is warm-up)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=("sft", "grpo"), default="sft", help="which trainer to measure")
+    parser.add_argument("--arm", choices=sorted(set(ARMS) | set(GRPO_ARMS)), help=argparse.SUPPRESS)
     parser.add_argument("--rows", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.stage == "grpo":
+        return grpo_child(args.arm, args.steps) if args.arm else grpo_main(args.steps, args.threads)
     if args.arm:
         return child(args.arm, args.rows, args.steps)
     _, rows = examples(max(args.examples, 8 * args.steps))

@@ -341,7 +341,13 @@ def test_tiny_llama_end_to_end_self_ask_and_resume(tmp_path, bm25, tiny_llama, t
     assert all(s["finish_reason"] in FINISH_REASONS for s in samples)
     assert all(0 < s["n_generated"] <= 96 and s["seconds"] > 0 for s in samples)
     assert all(len(s["retrieved_ids"]) == len(s["queries"]) for s in samples)
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["ci_low"] <= metrics["ci_high"]
+    from medr1.metrics import extract_answer, wilson_interval
+
+    for s in samples:  # what is scored is what the completion says, and accuracy is their mean
+        assert s["prediction"] == extract_answer(s["completion"], "".join(s["options"]), s["options"])
+        assert s["correct"] == (s["prediction"] is not None and s["prediction"] == s["gold"])
+    right = sum(s["correct"] for s in samples)
+    assert metrics["accuracy"] == right / 4 and (metrics["ci_low"], metrics["ci_high"]) == wilson_interval(right, 4)
 
     split = _cfg(tmp_path / "split", method="self-ask", **budgets)
     ev.run_eval(dataclasses_replace(split, limit=1), questions=qs, loaded=loaded, retriever=bm25, progress=False)

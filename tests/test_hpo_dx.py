@@ -164,3 +164,19 @@ def test_ensure_default_build_once(tmp_path, monkeypatch, capsys):
     assert ensure_default_build(0) == directory
     assert "building" not in capsys.readouterr().err
     assert os.stat(directory / "test.jsonl").st_mtime_ns == stamp
+
+
+def test_byte_identical_across_processes_with_different_hash_seeds(built, tmp_path):
+    """Two `medr1 data build hpo-dx` processes with different PYTHONHASHSEED (set iteration order differs between
+    them) write the same bytes as this process: no result depends on the order of a set."""
+    import subprocess
+    import sys
+
+    out, _, _ = built
+    for seed in ("1", "4242"):
+        target = tmp_path / f"hash-{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-m", "medr1.cli", "data", "build", "hpo-dx", "--out", str(target),
+                        "--n-train", str(SMALL.n_train), "--n-dev", str(SMALL.n_dev), "--n-test", str(SMALL.n_test)],
+                       env=env, check=True, capture_output=True, timeout=300)
+        assert _bytes(target) == _bytes(out), f"PYTHONHASHSEED={seed}"

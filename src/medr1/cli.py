@@ -457,7 +457,7 @@ def grpo_cmd(
 @friendly_errors
 def run_cmd(
     recipe: str | None = typer.Argument(None, help="Recipe YAML (sections run, data, index, eval, sft, grpo)."),
-    profile: str | None = typer.Option(None, "--profile", "-p", help="smoke | quickstart: the recipe in recipes/ "
+    profile: str | None = typer.Option(None, "--profile", "-p", help="smoke | quickstart | study: the recipe in recipes/ "
                                        "(default when no RECIPE: quickstart)."),
     force: list[str] | None = typer.Option(None, "--force", "-f", help="Re-run this stage even if done (repeatable): "
                                            "corpus, index, benchmark, baselines, sft, eval-sft, grpo, grpo-cot, "

@@ -2,6 +2,7 @@
 
     medr1 run --profile smoke                         # recipes/smoke.yaml: every stage, tiny model, a few minutes
     medr1 run --profile quickstart                    # recipes/quickstart.yaml: SmolLM2-135M (`make demo`)
+    medr1 run --profile study                         # recipes/study.yaml: the full study, <= 2.5 hours here
     medr1 run recipes/quickstart.yaml --force sft     # re-run one stage (the stages reading it follow)
     python -c "from medr1.pipeline import run_pipeline; run_pipeline('recipes/smoke.yaml')"
 
@@ -67,7 +68,7 @@ from medr1.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, f
 from medr1.methods import STAGES, eval_dir, get_method, stage_variants
 from medr1.paths import PROJECT_ROOT
 
-PROFILES = ("smoke", "quickstart")
+PROFILES = ("smoke", "quickstart", "study")
 BASELINE_METHODS = tuple(v.method for v in stage_variants("baselines"))
 DONE_FILE = "done.json"
 STARTED_FILE = "started.json"
@@ -90,6 +91,7 @@ class RunConfig:
     datasets: list[str] = field(default_factory=lambda: ["hpo-dx:test"])
     optional_datasets: list[str] = field(default_factory=list)  # skipped (and reported) when they do not load
     max_questions: int | None = None  # per dataset: a seeded sample of this size, the same for every method
+    max_questions_by_dataset: dict[str, int] = field(default_factory=dict)  # dataset spec -> its own sample size
     baselines: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))
     sft: bool = True
     grpo: bool = True  # GRPO with retrieval (GRPO+RAG row)
@@ -105,6 +107,17 @@ class RunConfig:
             raise ConfigError("run.datasets is empty: name at least one dataset, e.g. [hpo-dx:test]")
         if self.max_questions is not None and self.max_questions < 1:
             raise ConfigError(f"run.max_questions must be >= 1 (or null for all), got {self.max_questions}")
+        specs = set(self.datasets) | set(self.optional_datasets)
+        for spec, n in self.max_questions_by_dataset.items():
+            if spec not in specs:
+                raise ConfigError(f"run.max_questions_by_dataset: {spec!r} is not one of run.datasets / "
+                                  f"optional_datasets {sorted(specs)}")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ConfigError(f"run.max_questions_by_dataset[{spec!r}] must be an integer >= 1, got {n!r}")
+
+    def questions_for(self, spec: str) -> int | None:
+        """The sample size of one dataset: its own entry, else `max_questions`."""
+        return self.max_questions_by_dataset.get(spec, self.max_questions)
 
 
 @dataclass(frozen=True)
@@ -438,6 +451,7 @@ def configure_benchmark(plan: Plan, inputs: dict) -> dict[str, Any]:
         "datasets": list(plan.run.datasets),
         "optional_datasets": list(plan.run.optional_datasets),
         "max_questions": plan.run.max_questions,
+        "max_questions_by_dataset": dict(plan.run.max_questions_by_dataset),
         "seed": plan.run.seed,
         "skip_bad": plan.data.skip_bad,
     }
@@ -487,7 +501,7 @@ def execute_benchmark(ctx: StageContext) -> dict[str, Any]:
             _say(f"  optional dataset {spec}: not available ({entry['reason']})")
             entries.append(entry)
             continue
-        questions = sample_questions(result.questions, plan.run.max_questions, plan.run.seed, spec)
+        questions = sample_questions(result.questions, plan.run.questions_for(spec), plan.run.seed, spec)
         path = ctx.dir / f"{key}.jsonl"
         atomic_write_jsonl(path, (q.to_dict() for q in questions))
         entry.update(status="ok", path=str(path), n=len(questions), available=len(result.questions),

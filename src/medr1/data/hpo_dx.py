@@ -227,7 +227,7 @@ def onset_age_range(hpo: HPO, onset_id: str) -> tuple[int, int, str | None] | No
     """The age range of an onset term (or of its nearest listed ancestor); None if it has none."""
     if onset_id in ONSET_AGE_DAYS:
         return ONSET_AGE_DAYS[onset_id]
-    for parent in sorted(hpo.ancestors(onset_id), key=lambda p: -hpo.depth(p)):
+    for parent in sorted(hpo.ancestors(onset_id), key=lambda p: (-hpo.depth(p), p)):  # ties by id: no set order
         if parent in ONSET_AGE_DAYS:
             return ONSET_AGE_DAYS[parent]
     return None
