@@ -78,11 +78,11 @@ def test_structural_errors(tmp_path):
     packet = json.loads((FIXTURE / "cohorts" / "FBN1" / "PMID_1_Patient_1.json").read_text())
     cases = {
         "nodx.json": {k: v for k, v in packet.items() if k not in ("interpretations", "diseases")},
-        "nofeat.json": {k: v for k, v in packet.items() if k != "phenotypicFeatures"},
+        "nofeat.json": {**packet, "phenotypicFeatures": {"not": "a list"}},
         "badfeat.json": {**packet, "phenotypicFeatures": [{"type": {"label": "no id"}}]},
         "badage.json": {**packet, "subject": {"timeAtLastEncounter": {"age": {"iso8601duration": "three"}}}},
     }
-    messages = {"nodx.json": "no diagnosis", "nofeat.json": "phenotypicFeatures is missing",
+    messages = {"nodx.json": "no diagnosis", "nofeat.json": "phenotypicFeatures is not a list",
                 "badfeat.json": r"phenotypicFeatures\[0\] has no HPO type.id", "badage.json": "unreadable subject age"}
     for name, content in cases.items():
         d = tmp_path / name.removesuffix(".json")
@@ -101,6 +101,27 @@ def test_only_excluded_features_is_a_counted_skip(tmp_path):
     skips = SkipLog(False)
     assert load_phenopacket_questions(tmp_path, skips) == []
     assert dict(skips.reasons) == {"no observed phenotypic features": 1}
+
+
+def test_measurements_are_stated_and_a_measurements_only_packet_is_a_counted_skip(tmp_path):
+    from medr1.data.phenopackets import measurement_phrase
+
+    packet = json.loads((FIXTURE / "cohorts" / "FBN1" / "PMID_1_Patient_1.json").read_text())
+    packet["measurements"] = [
+        {"assay": {"id": "LOINC:777-3", "label": "Platelets [#/volume] in Blood"},
+         "value": {"quantity": {"unit": {"id": "UCUM:10*9/L", "label": "10^9/L"}, "value": 40.0}}},
+        {"assay": {"id": "LOINC:883-9", "label": "ABO group"}, "value": {"ontologyClass": {"label": "Group A"}}},
+    ]
+    (tmp_path / "with.json").write_text(json.dumps(packet), encoding="utf-8")
+    only = {k: v for k, v in packet.items() if k != "phenotypicFeatures"}  # valid GA4GH: the list is optional
+    (tmp_path / "only.json").write_text(json.dumps(only), encoding="utf-8")
+    skips = SkipLog(skip_bad=False)  # no --skip-bad: neither file may be an error
+    (q,) = load_phenopacket_questions(tmp_path, skips)
+    assert "Measurements: platelets [#/volume] in Blood 40 10^9/L; ABO group Group A." in q.question
+    assert q.meta["measurements"] == ["platelets [#/volume] in Blood 40 10^9/L", "ABO group Group A"]
+    assert dict(skips.reasons) == {"measurements but no phenotypic features": 1}
+    with pytest.raises(DataError, match="x.json: a measurement has no assay"):
+        measurement_phrase({"value": {"quantity": {"value": 1}}}, "x.json")
 
 
 def test_publication_subset_rule():
@@ -145,7 +166,7 @@ def test_shared_phenopackets_dev_subset():
     questions = load_phenopacket_questions(directory, skips)
     assert len(questions) + skips.total == len(files)  # every file is a question or a counted skip
     assert set(skips.reasons) <= {"disease not in HPO annotations", "no observed phenotypic features",
-                                  "fewer than 3 distractors"}
+                                  "measurements but no phenotypic features", "fewer than 3 distractors"}
     assert len(questions) == 2976 and skips.reasons["disease not in HPO annotations"] == 663
     assert len({q.id for q in questions}) == len(questions)
     letters = {q.answer for q in questions}

@@ -1,7 +1,8 @@
 """Real published patients (GA4GH Phenopackets v2) as HPO-Dx-style multiple-choice diagnosis questions.
 
 Each `*.json` under the directory (recursively; phenopacket-store keeps `cohorts/<GENE>/*.json`) becomes one question:
-observed `phenotypicFeatures` are the findings, excluded ones become "no X", the subject's sex and age
+observed `phenotypicFeatures` are the findings (the list is optional, as in GA4GH), excluded ones become "no X",
+`measurements` are stated with their values ("Measurements: platelet count 40 10^9/L."), the subject's sex and age
 (`timeAtLastEncounter`: ISO 8601 duration such as P3Y2M, gestational age or an onset class) give the patient phrase,
 and the diagnosed OMIM disease (`interpretations[].diagnosis.disease`, else `diseases[]`) is the answer. The three
 distractors are chosen exactly as in HPO-Dx (`hpo_dx.choose_distractors`), from all HPO-annotated diseases.
@@ -13,7 +14,8 @@ honest, headline subset, a patient the knowledge base was not written from; "see
 "no-publication" when the phenopacket cites none. Every metric is also reported per subset.
 
 Skips are always counted in the SkipLog and never silent: "disease not in HPO annotations" (the phenopacket is fine,
-the HPO release just does not annotate its disease), "no observed phenotypic features", "fewer than 3 distractors".
+the HPO release just does not annotate its disease), "no observed phenotypic features", "measurements but no
+phenotypic features" (GA4GH allows it; distractors need observed HPO terms), "fewer than 3 distractors".
 Malformed files (invalid JSON, missing diagnosis, features without an id) are DataErrors naming the file, which
 `--skip-bad` turns into counted skips.
 
@@ -90,6 +92,29 @@ def _disease(packet: dict, where: str) -> tuple[str, str]:
     raise DataError(f"{where}: no diagnosis (interpretations[].diagnosis.disease or diseases[].term)")
 
 
+def _label(term: Any) -> str:
+    return str(term.get("label") or term.get("id") or "").strip() if isinstance(term, dict) else ""
+
+
+def measurement_phrase(measurement: Any, where: str) -> str:
+    """One GA4GH Measurement as text: the assay's label with its value — a quantity with its unit, or an ontology
+    class (`platelet count 40 10^9/L`, `blood group A`); the description alone when there is no assay."""
+    if not isinstance(measurement, dict):
+        raise DataError(f"{where}: a measurement is not an object")
+    assay = _label(measurement.get("assay")) or str(measurement.get("description") or "").strip()
+    value = measurement.get("value") if isinstance(measurement.get("value"), dict) else {}
+    quantity = value.get("quantity") if isinstance(value.get("quantity"), dict) else None
+    if quantity is not None and "value" in quantity:
+        number = quantity["value"]
+        shown = f"{number:g}" if isinstance(number, (int, float)) else str(number)
+        result = f"{shown} {_label(quantity.get('unit'))}".strip()
+    else:
+        result = _label(value.get("ontologyClass"))
+    if not assay:
+        raise DataError(f"{where}: a measurement has no assay (or description)")
+    return f"{lower_label(assay)} {result}".strip()
+
+
 UNSEEN, SEEN, NO_PUBLICATION = "unseen-publication", "seen-publication", "no-publication"
 
 
@@ -110,9 +135,9 @@ def publication_subset(pmids: list[str], disease_references: frozenset[str]) -> 
 
 def _features(hpo: HPO, packet: dict, where: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(observed, excluded) features as (resolved HPO id, label); labels from this HPO release when it knows the id."""
-    features = packet.get("phenotypicFeatures")
+    features = packet.get("phenotypicFeatures", [])  # optional in GA4GH v2 (a packet may hold only measurements)
     if not isinstance(features, list):
-        raise DataError(f"{where}: phenotypicFeatures is missing or not a list")
+        raise DataError(f"{where}: phenotypicFeatures is not a list")
     observed, excluded = [], []
     for i, feat in enumerate(features):
         ftype = feat.get("type") if isinstance(feat, dict) else None
@@ -146,8 +171,10 @@ class PhenopacketConverter:
         if disease_id not in hpo.diseases:
             _note_skip(skips, "disease not in HPO annotations", f"{where}: {disease_id} {disease_label}")
             return None
-        if not observed:
-            _note_skip(skips, "no observed phenotypic features", where)
+        if not observed:  # distractors are chosen by phenotype overlap, so a question needs observed HPO terms
+            reason = "measurements but no phenotypic features" if packet.get("measurements") else \
+                "no observed phenotypic features"
+            _note_skip(skips, reason, where)
             return None
         rng = random.Random(stable_hash(f"phenopackets:{qid}"))
         finding_ids = [h for h, _ in observed]
@@ -159,6 +186,9 @@ class PhenopacketConverter:
         text = f"{patient_phrase(age, sex)} presents with {join_words([lower_label(l) for _, l in observed])}."
         if excluded:
             text += " There is " + join_words([f"no {lower_label(l)}" for _, l in excluded]) + "."
+        measured = [measurement_phrase(m, where) for m in packet.get("measurements") or []]
+        if measured:
+            text += " Measurements: " + "; ".join(measured) + "."
         text += " Which of the following is the most likely diagnosis?"
         disease = hpo.diseases[disease_id]
         pmids = publications(packet)
@@ -171,7 +201,7 @@ class PhenopacketConverter:
             meta={
                 "disease_id": disease_id, "disease_name": answer_name, "phenopacket_disease_label": disease_label,
                 "file": rel_path or where, "age_days": age, "sex": sex,
-                "pmids": pmids, "subset": publication_subset(pmids, disease.references),
+                "pmids": pmids, "subset": publication_subset(pmids, disease.references), "measurements": measured,
                 "findings": [{"hpo_id": h, "label": l} for h, l in observed],
                 "excluded": [{"hpo_id": h, "label": l} for h, l in excluded],
                 "distractors": [{"id": c.id, "name": display_name(hpo.diseases[c.id].name), "score": c.score,
