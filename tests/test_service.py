@@ -10,6 +10,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -260,14 +261,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_client_against_a_real_server_matches_in_process_results(bm25):
+@contextmanager
+def serving(retriever):
+    """A real uvicorn server for `retriever` on a free loopback port, for the block: yields its base URL."""
     import uvicorn
 
-    from medr1.retrieval.client import RetrieverClient
     from medr1.retrieval.service import create_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(bm25), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(retriever), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -275,8 +277,53 @@ def test_client_against_a_real_server_matches_in_process_results(bm25):
         while not server.started and time.time() < deadline:
             time.sleep(0.02)
         assert server.started
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_service_under_concurrent_good_and_bad_requests(bm25):
+    """16 clients x 50 requests on a real server, a third of them malformed: no server error, every good answer
+    equals the answer to the same request sent alone, every bad one is a 4xx, and the counters add up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    goods = [json.dumps({"queries": q, "topk": k}).encode() for q, k in (
+        (["Kayser-Fleischer rings"], 3), (["seizures", "spider fingers"], 2), (["tall stature", "the of and"], 5))]
+    bads = [b"{not json", json.dumps({"topk": 3}).encode(), json.dumps({"queries": ["x"], "topk": 10**6}).encode(),
+            b"\xff\xfe", json.dumps({"queries": "seizures"}).encode()]
+    with serving(bm25) as url, httpx.Client(base_url=url, timeout=30) as alone:
+        expected = {body: alone.post("/retrieve", content=body).json() for body in goods}
+        before = alone.get("/health").json()
+
+        def client(worker: int) -> list[tuple[bytes, int, object]]:
+            out = []
+            with httpx.Client(base_url=url, timeout=30) as c:
+                for i in range(50):
+                    body = bads[(worker + i) % len(bads)] if i % 3 == 2 else goods[(worker + i) % len(goods)]
+                    r = c.post("/retrieve", content=body)
+                    out.append((body, r.status_code, r.json()))
+            return out
+
+        with ThreadPoolExecutor(16) as pool:
+            results = [row for rows in pool.map(client, range(16)) for row in rows]
+        after = alone.get("/health").json()
+    assert len(results) == 800 and all(status < 500 for _, status, _ in results)
+    good = [(b, st, js) for b, st, js in results if b in expected]
+    bad = [(b, st, js) for b, st, js in results if b not in expected]
+    assert all(st == 200 and js == expected[b] for b, st, js in good)
+    assert all(400 <= st < 500 and "error" in js for _, st, js in bad)
+    assert after["requests"] - before["requests"] == len(good)
+    assert after["bad_requests"] - before["bad_requests"] == len(bad) and after["errors"] == before["errors"] == 0
+    assert after["queries"] - before["queries"] == sum(len(json.loads(b)["queries"]) for b, _, _ in good)
+
+
+def test_client_against_a_real_server_matches_in_process_results(bm25):
+    from medr1.retrieval.client import RetrieverClient
+
+    with serving(bm25) as url:
         queries = ["Kayser-Fleischer rings", "seizures", "the of and"]
-        with RetrieverClient(f"http://127.0.0.1:{port}", timeout=5) as client:
+        with RetrieverClient(url, timeout=5) as client:
             remote = client.search(queries, k=3)
             assert client.health()["docs"] == 32
             with pytest.raises(RetrievalError, match="HTTP 422"):
@@ -287,6 +334,3 @@ def test_client_against_a_real_server_matches_in_process_results(bm25):
 
         assert fields(remote) == fields(local)
         assert [h.score for row in remote for h in row] == pytest.approx([h.score for row in local for h in row])
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
