@@ -537,6 +537,29 @@ def compare_cmd(
     typer.echo(compare_evals(eval_a, eval_b, allow_budget_mismatch))
 
 
+@app.command("open-eval")
+@friendly_errors
+def open_eval_cmd(
+    method: str = typer.Option(..., "--method", help="bm25 | hpo-sim: a ranker over every disease."),
+    out: str = typer.Option(..., "--out", "-o", help="Output directory (samples.jsonl, metrics.json)."),
+    data: str = typer.Option("phenopackets:", "--data", "-d", help="Real patients: phenopackets:[DIR]."),
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Rank only the first N cases."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Open-ended diagnosis of real patients: rank every disease, report top-1/3/10 and MRR on the
+    unseen-publication subset (the headline), the disease-in-KB cases and all cases.
+
+    Example: medr1 open-eval --method hpo-sim --out runs/open/hpo-sim
+
+    Example: medr1 open-eval --method bm25 --data phenopackets:../shared/data/phenopackets --limit 200 --out runs/open/bm25
+    """
+    from medr1.open_diagnosis import run_open_eval
+
+    metrics = run_open_eval(method, data, out, limit, progress=not quiet)
+    typer.echo(metrics["table"])
+    typer.echo(f"skipped (by reason): {metrics['skipped']}; wrote {out}/samples.jsonl and metrics.json")
+
+
 @app.command("trace")
 @friendly_errors
 def trace_cmd(
