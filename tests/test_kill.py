@@ -114,3 +114,20 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_model(tmp_path, 
     steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert same_weights(split / "final", whole / "final")
+
+
+def test_an_incomplete_checkpoint_is_passed_over(tmp_path, capsys):
+    """A kill while the trainer saves leaves checkpoint-N without a readable trainer_state.json (written last):
+    resuming from it would fail, so the newest complete one is used (checkpoint-10 is newer than checkpoint-2)."""
+    from medr1.train.common import last_checkpoint
+
+    for n, complete in ((1, True), (2, True), (10, False)):
+        d = tmp_path / f"checkpoint-{n}"
+        d.mkdir()
+        (d / "trainer_state.json").write_text('{"global_step": %d}' % n if complete else '{"global_st')
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert "checkpoint-10 is incomplete" in capsys.readouterr().err
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text('{"global_step": 10}')
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert last_checkpoint(tmp_path / "missing") is None

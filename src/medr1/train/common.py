@@ -182,11 +182,27 @@ def peak_rss_mb() -> float:
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest `checkpoint-N` directory in `output_dir`, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` directory in `output_dir`, or None. The trainer writes
+    trainer_state.json after the weights, optimizer and RNG states, so a checkpoint without it was cut short by a
+    kill while saving: it is passed over (and said so) for the one before."""
+    import re
 
     path = Path(output_dir)
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
+    found = sorted(((int(m.group(1)), p) for p in path.iterdir() if p.is_dir()
+                    and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))), reverse=True) if path.is_dir() else []
+    for _, ckpt in found:
+        if _complete(ckpt):
+            return str(ckpt)
+        print(f"medr1: {ckpt.name} is incomplete (no readable trainer_state.json; killed while saving?); using an "
+              "earlier one", file=sys.stderr, flush=True)
+    return None
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        return "global_step" in json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def checkpoint_step(checkpoint: str | Path) -> int:
