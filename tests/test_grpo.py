@@ -261,6 +261,19 @@ def test_recipes_parse_with_one_budget(name):
     assert make_plan(path).run.name  # the pipeline sections parse too
 
 
+@pytest.mark.parametrize("name", ["zero3.yaml", "fsdp.yaml"])
+def test_accelerate_configs_are_what_accelerate_reads(name):
+    """The accelerate launch configs the README names: valid YAML that accelerate's own config class loads, with the
+    distributed mode the file name promises and one process per GPU of an 8-GPU node."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(ROOT / "recipes" / "accelerate" / name))
+    assert cfg.distributed_type.value == ("DEEPSPEED" if name == "zero3.yaml" else "FSDP")
+    assert cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
+    if name == "zero3.yaml":
+        assert cfg.deepspeed_config["zero_stage"] == 3
+
+
 def test_trl_keys_pass_through_flat():
     """Any trl.GRPOConfig field can be written flat in the grpo: section: kept in `trl`, coerced to TRL's type, read
     as an attribute, written back flat, and handed to TRL; keys medr1 derives are refused with the key to use."""
