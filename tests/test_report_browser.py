@@ -83,3 +83,28 @@ def test_screenshot_is_not_blank(report_html: Path, tmp_path: Path) -> None:
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "report-synthetic.png")
+
+
+def test_markup_in_a_completion_renders_as_text(tmp_path: Path) -> None:
+    """A model can write anything: a `<script>` in a completion or an `<img onerror>` in a question must show as
+    text in report.html and never run."""
+    import json
+
+    from test_report import HPO
+
+    run_dir = make_synthetic_run(tmp_path / "run")
+    path = run_dir / "eval-grpo" / "self-ask" / HPO / "samples.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    evil = "<script>document.body.setAttribute('data-pwned', 'script')</script>"
+    for r in records:
+        if r.get("completion"):
+            r["completion"] = r["completion"].replace("<think>", "<think>" + evil, 1)
+            r["question"] += " <img src=x onerror=\"document.body.setAttribute('data-pwned', 'img')\">"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    html = build_report(run_dir)["html"]
+    result = chromium(["--virtual-time-budget=5000", "--dump-dom", html.as_uri()], tmp_path / "profile")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    assert "data-pwned" in html.read_text(encoding="utf-8")  # the exemplar with the markup is in the report
+    assert not re.search(r"<body[^>]*data-pwned", dom), "markup from a completion ran in the report"
+    assert "&lt;script&gt;document.body.setAttribute" in dom  # shown as text
