@@ -88,3 +88,15 @@ def test_open_eval_on_the_fixture_phenopackets(tmp_path):
     assert "| | all cases | 3 |" in result.output
     bad = CliRunner().invoke(app, ["open-eval", "--method", "magic", "--out", str(tmp_path)])
     assert bad.exit_code != 0 and "must be one of ['bm25', 'hpo-sim']" in bad.output
+
+
+def test_a_limited_open_eval_counts_only_the_files_it_read(tmp_path):
+    """With --limit the loader stops reading after the last case it needs, so "all cases" holds those cases plus
+    the unannotated ones among the files read — a count, not an estimate. The fixture's unannotated packet is the
+    last file: a run of one case never reads it."""
+    from medr1.open_diagnosis import run_open_eval
+
+    metrics = run_open_eval("hpo-sim", f"phenopackets:{FIXTURE}", tmp_path, limit=1, progress=False)
+    assert metrics["skipped"] == {} and metrics["subsets"]["all cases"]["n"] == 1
+    whole = run_open_eval("hpo-sim", f"phenopackets:{FIXTURE}", tmp_path / "whole", progress=False)
+    assert whole["skipped"] == {"disease not in HPO annotations": 1} and whole["subsets"]["all cases"]["n"] == 3

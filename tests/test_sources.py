@@ -130,17 +130,22 @@ def test_hpo_dx_default_build_and_path(tmp_path, monkeypatch):
 def test_phenopackets_delegates_with_skiplog(tmp_path, monkeypatch):
     seen = {}
 
+    made = []
+
     def fake_loader(directory, skips):
         seen["dir"], seen["skip_bad"] = Path(directory), skips.skip_bad
         skips.reasons["no diagnosis"] += 1
-        return [Question(id=f"pp-{i}", question="case", options={"A": "a", "B": "b"}, answer="A") for i in range(3)]
+        for i in range(3):
+            made.append(i)
+            yield Question(id=f"pp-{i}", question="case", options={"A": "a", "B": "b"}, answer="A")
 
     fake = types.ModuleType("medr1.data.phenopackets")
-    fake.load_phenopacket_questions = fake_loader
+    fake.iter_phenopacket_questions = fake_loader
     monkeypatch.setitem(sys.modules, "medr1.data.phenopackets", fake)
     r = load(f"phenopackets:{tmp_path}", skip_bad=True, limit=2)
     assert seen == {"dir": tmp_path, "skip_bad": True}
     assert [q.id for q in r.questions] == ["pp-0", "pp-1"] and r.skips.reasons["no diagnosis"] == 1
+    assert made == [0, 1]  # lazy: the third case is never read
 
 
 # ---------------------------------------------------------------------------------------------------------------------

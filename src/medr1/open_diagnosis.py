@@ -242,11 +242,9 @@ def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = N
     if not data.startswith("phenopackets:"):
         raise ConfigError(f"open-eval needs real patients (a phenopackets: source), got {data!r}")
     hpo = hpo or load_hpo()
-    loaded = load_questions(data, skip_bad=True)
-    questions = loaded.questions[:limit] if limit else loaded.questions
+    loaded = load_questions(data, skip_bad=True, limit=limit)  # with a limit: the skips of the files read only
+    questions = loaded.questions
     not_in_kb = loaded.skips.reasons.get(NOT_IN_KB, 0)
-    if limit and len(loaded.questions) > limit:  # a limited run counts the unannotated cases pro rata
-        not_in_kb = round(not_in_kb * limit / len(loaded.questions))
     extra = {"retriever": retriever} if method == "bm25" else {}
     rank = OPEN_METHODS[method](hpo, **extra)
     from tqdm import tqdm

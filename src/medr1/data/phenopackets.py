@@ -30,6 +30,8 @@ import functools
 import json
 import random
 import re
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +252,12 @@ def _question_id(path: Path, base: Path, stems: dict[str, int]) -> str:
 def load_phenopacket_questions(directory: str | Path, skips: SkipLog, hpo: HPO | None = None,
                                limit: int | None = None) -> list[Question]:
     """One Question per phenopacket JSON under `directory` (sorted paths, deterministic ids and options)."""
+    return list(islice(iter_phenopacket_questions(directory, skips, hpo), limit))
+
+
+def iter_phenopacket_questions(directory: str | Path, skips: SkipLog, hpo: HPO | None = None) -> Iterator[Question]:
+    """The questions one by one, reading a file only when the next question is asked for: a caller that stops
+    early (a `limit`) has read, and counted the skips of, only the files before its last question."""
     base = Path(directory)
     if not base.is_dir():
         raise DataError(f"{base}: phenopacket directory not found")
@@ -260,10 +268,7 @@ def load_phenopacket_questions(directory: str | Path, skips: SkipLog, hpo: HPO |
     for p in files:
         stems[p.stem] = stems.get(p.stem, 0) + 1
     converter = _converter(hpo or load_hpo())
-    out: list[Question] = []
     for path in files:
-        if limit is not None and len(out) >= limit:
-            break
         where = str(path)
         try:
             try:
@@ -276,5 +281,4 @@ def load_phenopacket_questions(directory: str | Path, skips: SkipLog, hpo: HPO |
             skips.handle(exc, "malformed phenopacket")
             continue
         if q is not None:
-            out.append(q.validate(where))
-    return out
+            yield q.validate(where)

@@ -157,9 +157,9 @@ def _load_mmlu(arg: str, ctx: _Context) -> Iterable[Question]:
 
 def _load_phenopackets(arg: str, ctx: _Context) -> Iterable[Question]:
     path = _resolve(ctx, arg, ("phenopackets", "cohorts"), "phenopackets:PATH/cohorts", want_dir=True)
-    from medr1.data.phenopackets import load_phenopacket_questions
+    from medr1.data.phenopackets import iter_phenopacket_questions
 
-    return load_phenopacket_questions(path, ctx.skips)
+    return iter_phenopacket_questions(path, ctx.skips)  # lazy: a limit stops the reading and the skip counts
 
 
 def _load_hpo_dx(arg: str, ctx: _Context) -> Iterable[Question]:
