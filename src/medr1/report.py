@@ -29,7 +29,7 @@ import html
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,17 @@ def load_artifacts(run_dir: str | Path) -> RunArtifacts:
 SUBSET_SEP = "@"  # a column `phenopackets@unseen-publication`: one subset of a dataset's questions
 
 
+def _is_headline(subset: str) -> bool:
+    from medr1.data.phenopackets import UNSEEN
+
+    return subset == UNSEEN
+
+
+def headline_first(subsets: Iterable[str]) -> list[str]:
+    """Subset names in report order: the headline (real patients: unseen-publication) first, then by name."""
+    return sorted(subsets, key=lambda name: (not _is_headline(name), name))
+
+
 def with_subset_columns(datasets: list[dict[str, Any]], results: dict[tuple[str, str], dict[str, Any]]
                         ) -> list[dict[str, Any]]:
     """The dataset columns with, before each dataset whose results name question subsets (real patients: whether
@@ -135,8 +146,8 @@ def with_subset_columns(datasets: list[dict[str, Any]], results: dict[tuple[str,
             for name, sub in (m.get("subsets") or {}).items() if key == ds["key"] else ():
                 results[(label, f"{key}{SUBSET_SEP}{name}")] = sub
                 names[name] = sub.get("n", 0)
-        for name in sorted(names, key=lambda n: (n != "unseen-publication", n)):
-            title = f"{ds.get('title') or ds['key']}, {name}" + (" (headline)" if name == "unseen-publication" else "")
+        for name in headline_first(names):
+            title = f"{ds.get('title') or ds['key']}, {name}" + (" (headline)" if _is_headline(name) else "")
             out.append({"key": f"{ds['key']}{SUBSET_SEP}{name}", "title": title, "status": "ok", "n": names[name],
                         "subset": name})
         out.append(ds)
@@ -383,7 +394,7 @@ def subset_pairs(sa: Sequence[dict], sb: Sequence[dict]) -> dict[str, tuple[list
             pair = out.setdefault(str(subset[qid]), ([], []))
             pair[0].append(x)
             pair[1].append(y)
-    return dict(sorted(out.items(), key=lambda kv: (kv[0] != "unseen-publication", kv[0])))
+    return {name: out[name] for name in headline_first(out)}
 
 
 def eval_traces(eval_dir: str | Path, ids: Sequence[str] = (), k: int = 2) -> str:
