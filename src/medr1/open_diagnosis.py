@@ -58,8 +58,7 @@ class SimIndex:
                                              if a.frequency is not None and a.frequency >= FREQUENT])):
                 closure: set[str] = set()
                 for a in anns:
-                    closure.add(a.hpo_id)
-                    closure |= hpo.ancestors(a.hpo_id)
+                    closure |= self.up(a.hpo_id)
                 for term in closure:
                     target.setdefault(term, []).append(i)
         n = len(self.ids)
@@ -67,6 +66,10 @@ class SimIndex:
         self.frequent_rows = {t: np.asarray(r, dtype=np.int64) for t, r in frequent.items()}
         self.ic = {t: -math.log(len(r) / n) for t, r in rows.items()}
         self._reverse = self._reverse_matrices()
+
+    def up(self, term: str) -> frozenset[str]:
+        """The term and all its ancestors (what a match through a common ancestor can use)."""
+        return self.hpo.ancestors(term) | {term}
 
     def _reverse_matrices(self) -> tuple[dict[str, int], np.ndarray, Any, Any]:
         """For the disease -> patient direction: (term column, IC per column, ancestors-or-self of each annotated
@@ -79,7 +82,7 @@ class SimIndex:
         arow = {t: i for i, t in enumerate(annotated)}
         r, c = [], []
         for i, t in enumerate(annotated):
-            for a in {t, *self.hpo.ancestors(t)}:
+            for a in self.up(t):
                 if a in col:
                     r.append(i)
                     c.append(col[a])
@@ -99,7 +102,7 @@ class SimIndex:
         col, ic, anc, per_disease = self._reverse
         patient = np.zeros(len(col))
         for t in observed:
-            for a in {t, *self.hpo.ancestors(t)}:
+            for a in self.up(t):
                 if a in col:
                     patient[col[a]] = ic[col[a]]
         best = np.asarray(anc.multiply(patient).max(axis=1).todense()).ravel()
@@ -108,7 +111,7 @@ class SimIndex:
     def term_scores(self, term: str) -> np.ndarray:
         """For each disease, the IC of the most informative common ancestor of `term` and its annotations."""
         best = np.zeros(len(self.ids))
-        for a in sorted({term, *self.hpo.ancestors(term)}, key=lambda t: self.ic.get(t, 0.0)):
+        for a in sorted(self.up(term), key=lambda t: self.ic.get(t, 0.0)):
             if a in self.rows:  # increasing IC: later (more informative) ancestors overwrite
                 best[self.rows[a]] = self.ic[a]
         return best
