@@ -200,9 +200,10 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 def _complete(checkpoint: Path) -> bool:
     try:
-        return "global_step" in json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        checkpoint_step(checkpoint)
+    except ConfigError:
         return False
+    return True
 
 
 def checkpoint_step(checkpoint: str | Path) -> int:
