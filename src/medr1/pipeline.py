@@ -859,10 +859,12 @@ def run_stage(plan: Plan, stage: Stage, outputs: dict[str, dict[str, Any]], fing
     gc.collect()  # models and trainers of this stage are unreachable now; free them before the next stage loads its own
     seconds = round(time.perf_counter() - t0, 1)
     fingerprint = str(result.get("fingerprint") or uuid.uuid4().hex[:16])
+    from medr1.train.common import peak_rss_mb  # here: importing the trainers' module at startup would load torch
+    peak = round(peak_rss_mb(), 1)  # of this process so far: a stage's own peak when it is the first to run
     done = {"stage": stage.name, "hash": digest, "deps": dep_fps, "fingerprint": fingerprint, "seconds": seconds,
-            "finished_at": _now(), "outputs": result}
+            "peak_rss_mb": peak, "finished_at": _now(), "outputs": result}
     atomic_write_json(stage_dir / DONE_FILE, done)  # last: the stage counts as done only from here
     outputs[stage.name] = result
     fingerprints[stage.name] = fingerprint
-    _say(f"medr1 run: {prefix}: done in {seconds:.1f} s")
-    return {"stage": stage.name, "status": "ran", "hash": digest, "seconds": seconds}
+    _say(f"medr1 run: {prefix}: done in {seconds:.1f} s (peak RSS of this run so far {peak:.0f} MiB)")
+    return {"stage": stage.name, "status": "ran", "hash": digest, "seconds": seconds, "peak_rss_mb": peak}
