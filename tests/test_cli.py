@@ -56,3 +56,24 @@ def test_dry_run_loads_no_weights(tmp_path, monkeypatch, stage):
                                       *keys])
     assert result.exit_code == 0, result.output
     assert "trl_args" in result.output and not (tmp_path / "o" / "final").exists()
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_serve_retriever_warns_when_it_binds_beyond_loopback(monkeypatch, host, warned):
+    """Loopback is quiet; any other interface is named in a warning before the server starts (no authentication)."""
+    import medr1.retrieval
+    import medr1.retrieval.service
+
+    served = {}
+
+    class Index:
+        kind, num_docs = "bm25", 3
+
+    monkeypatch.setattr(medr1.retrieval, "open_retriever", lambda index: Index())
+    monkeypatch.setattr(medr1.retrieval.service, "serve", lambda retriever, **kw: served.update(kw))
+    result = CliRunner().invoke(app, ["serve-retriever", "--host", host, "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert served["host"] == host and served["port"] == 8123
+    warning = f"warning: binding {host}: the retriever is reachable from other machines"
+    assert (warning in result.output) is warned
+    assert f"serving bm25 index over 3 documents at http://{host}:8123/retrieve" in result.output

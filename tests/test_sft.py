@@ -288,3 +288,38 @@ def test_fits_the_shared_budget(mask, fits):
 
     budget = Budget(max_turns=2, max_new_tokens_per_turn=4, max_total_tokens=8, topk=1, max_info_tokens=16)
     assert sft.fits(mask, budget) is fits
+
+
+def test_lora_step_trains_only_the_adapter_and_the_merge_answers_alike(tmp_path):
+    """`lora: true`: one step moves the LoRA matrices and nothing of the base model; final/ (merged) is a plain
+    model that loads without peft and gives the adapter model's logits."""
+    loaded = models.load_model(models.TINY_MODEL, "cpu")  # its own copy: peft wraps (and merging alters) the model
+    before = {k: v.detach().clone() for k, v in loaded.model.named_parameters()}
+    rows, _ = sft.tokenize_examples(loaded, [sft.explanation_example(question(i)) for i in range(2)], 1024)
+    cfg = build_config(sft.SFTConfig, dict(
+        model=models.TINY_MODEL, output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2,
+        learning_rate=1e-2, device="cpu", save_steps=1, lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+    ))
+    trainer = sft.build_trainer(cfg, loaded, rows)
+    assert torch.isfinite(torch.tensor(trainer.train().training_loss))
+    params = dict(trainer.model.named_parameters())
+    adapters = {k: v for k, v in params.items() if "lora_" in k}
+    assert adapters and all(v.requires_grad for v in adapters.values())
+    assert any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)  # B starts at zero: it moved
+    base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in params.items()
+            if "lora_" not in k}
+    assert base.keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in base.items())
+    ids = torch.tensor([rows[0]["input_ids"][:32]])
+    trainer.model.eval()
+    with torch.no_grad():
+        adapter_logits = trainer.model(input_ids=ids).logits
+    final = common.save_final(trainer, loaded, tmp_path / "final", merge=True)
+    assert not (final / "adapter_config.json").exists() and (final / "model.safetensors").is_file()
+    merged = models.load_model(str(final), "cpu").model
+    assert not any("lora_" in k for k, _ in merged.named_parameters())
+    with torch.no_grad():
+        merged_logits = merged(input_ids=ids).logits
+    assert torch.allclose(adapter_logits, merged_logits, atol=1e-4)
+    assert not torch.allclose(adapter_logits, models.load_model(models.TINY_MODEL, "cpu").model(input_ids=ids).logits,
+                              atol=1e-4)  # and the merge carried the training: it is not the untrained model

@@ -346,6 +346,43 @@ def test_jsonl_bad_records(tmp_path):
     assert dict(r.skips.reasons) == {"invalid record": 1, "unknown answer letter": 1, "missing field": 1}
 
 
+def test_a_line_that_is_not_utf8_is_named_and_counted(tmp_path):
+    good = (FIX / "normalized.jsonl").read_text().splitlines()[0]
+    path = tmp_path / "q.jsonl"
+    second = json.dumps({**json.loads(good), "id": "n-2"})
+    path.write_bytes(good.encode() + b"\n" + '{"question": "caf\u00e9"}'.encode("latin-1") + b"\n" + second.encode() + b"\n")
+    with pytest.raises(DataError, match=r"q\.jsonl:2: not valid UTF-8"):
+        load(f"jsonl:{path}")
+    r = load(f"jsonl:{path}", skip_bad=True)
+    assert [q.id for q in r.questions] == ["n-1", "n-2"] and "q.jsonl:2" in r.skips.summary()
+
+
+def test_a_bad_hpo_dx_line_names_file_and_line(tmp_path):
+    """A built HPO-Dx file is a jsonl: of Questions; a damaged line stops the load, naming where (or is counted)."""
+    q = Question(id="hpodx-1", question="Findings: seizures. Diagnosis?", options={"A": "X", "B": "Y"}, answer="B",
+                 source="hpo-dx", split="test")
+    path = tmp_path / "test.jsonl"
+    path.write_text(json.dumps(q.to_dict()) + "\n" + json.dumps({**q.to_dict(), "id": "hpodx-2", "answer": "C"})
+                    + "\n" + json.dumps({**q.to_dict(), "id": "hpodx-3"})[:40] + "\n")
+    with pytest.raises(DataError, match=r"test\.jsonl:2: .*answer 'C'"):
+        load(f"hpo-dx:{path}")
+    r = load(f"hpo-dx:{path}", skip_bad=True)
+    assert [x.id for x in r.questions] == ["hpodx-1"] and r.skips.total == 2
+    assert "test.jsonl:3" in r.skips.summary()
+
+
+def test_mirage_skip_bad_counts_the_bad_question_and_keeps_the_rest(tmp_path):
+    good = {"question": "q", "options": {"A": "x", "B": "y"}, "answer": "A"}
+    path = tmp_path / "benchmark.json"
+    path.write_text(json.dumps({"medqa": {"0": good, "1": {**good, "answer": "C"}, "2": {**good, "options": {}},
+                                          "3": good}}))
+    with pytest.raises(DataError, match=r"key medqa/1: answer 'C' is not among options"):
+        load(f"mirage:medqa@{path}")
+    r = load(f"mirage:medqa@{path}", skip_bad=True)
+    assert [q.id for q in r.questions] == ["mirage-medqa-0", "mirage-medqa-3"] and r.skips.total == 2
+    assert "medqa/1" in r.skips.summary() and "medqa/2" in r.skips.summary()
+
+
 def test_duplicate_ids_are_errors_or_counted(tmp_path):
     good = json.loads((FIX / "normalized.jsonl").read_text().splitlines()[0])
     path = write_lines(tmp_path / "q.jsonl", [good, good])
