@@ -1,7 +1,8 @@
 """Kill and resume with real processes: `medr1 eval`, `medr1 sft` and `medr1 grpo` on the tiny random Llama are
 SIGKILLed at a point the test chooses (a number of samples written, a checkpoint saved), run again with the same
 command, and must end exactly where an uninterrupted run ends: the same samples, the same step count, the same
-weights."""
+weights. `medr1 run --profile smoke` killed inside its SFT stage re-runs that stage (resumed) and what follows it,
+nothing before it."""
 
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ def medr1(*args: str) -> list[str]:
     return [sys.executable, "-m", "medr1.cli", *args]
 
 
-def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 240) -> None:
+def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 240, env: dict | None = None) -> None:
     """Start `cmd`, SIGKILL it as soon as `ready()` holds; fail if it ends (or times out) before that."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env or ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():
@@ -55,9 +56,11 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 240) -
     pytest.fail("the kill point was not reached in time")
 
 
-def run_ok(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+def run_ok(cmd: list[str], env: dict | None = None) -> str:
+    """Run `cmd` to the end; its stderr (where progress and stage lines go)."""
+    done = subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
 
 
 def lines(path: Path) -> int:
@@ -131,3 +134,30 @@ def test_an_incomplete_checkpoint_is_passed_over(tmp_path, capsys):
     (tmp_path / "checkpoint-10" / "trainer_state.json").write_text('{"global_step": 10}')
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
     assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_pipeline_killed_in_its_sft_stage_reruns_only_that_stage_and_what_follows(tmp_path):
+    env = {**ENV, "MEDR1_HOME": str(tmp_path / "home")}
+    run_dir = tmp_path / "runs" / "smoke"
+    sets = [f"run.runs_dir={tmp_path / 'runs'}", "run.baselines=bm25-ranker", "run.grpo=false",
+            "run.grpo_cot=false", "sft.max_steps=4", "sft.save_steps=1"]
+    cmd = medr1("run", "--profile", "smoke", "--quiet", *[a for s in sets for a in ("--set", s)])
+    sft_dir = run_dir / "sft"
+    kill_when(cmd, lambda: (sft_dir / "checkpoint-2" / "trainer_state.json").is_file()
+              and lines(sft_dir / "metrics.jsonl") >= 2, env=env)
+    first = [json.loads((run_dir / s / "done.json").read_text())["hash"]
+             for s in ("corpus", "index", "benchmark", "baselines")]
+    assert not (sft_dir / "done.json").exists() and not (sft_dir / "final").exists()
+    err = run_ok(cmd, env=env)
+    stages = {s["stage"]: s for s in json.loads((run_dir / "run.json").read_text())["stages"]}
+    assert [stages[s]["status"] for s in ("corpus", "index", "benchmark", "baselines")] == ["skipped"] * 4
+    assert [stages[s]["hash"] for s in ("corpus", "index", "benchmark", "baselines")] == first
+    assert [stages[s]["status"] for s in ("sft", "eval-sft", "report")] == ["ran"] * 3
+    assert {stages[s]["status"] for s in ("grpo", "grpo-cot", "eval-grpo", "eval-grpo-cot")} == {"disabled"}
+    said = [line for line in err.splitlines() if "sft" in line]
+    assert any("sft: resuming" in line for line in said) and any("from" in line and "checkpoint-2" in line
+                                                                 for line in said), said
+    steps = [json.loads(line)["step"] for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # continued from the checkpoint, not restarted
+    assert stages["sft"]["peak_rss_mb"] > 0
+    assert json.loads((run_dir / "eval-sft" / "done.json").read_text())["outputs"]

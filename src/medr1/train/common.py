@@ -377,6 +377,8 @@ def train_and_save(trainer: Any, loaded: Any, cfg: Any, checkpoint: str | None, 
     """Train (resuming from `checkpoint`), save `final/`, and write `summary.json` = the plan plus the outcome."""
     from medr1.io import atomic_write_json
 
+    if checkpoint:
+        print(f"medr1: resuming from {checkpoint}", file=sys.stderr, flush=True)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     final = save_final(trainer, loaded, Path(cfg.output_dir) / "final", merge=cfg.lora and cfg.merge_lora)
     plan.update(

@@ -22,7 +22,6 @@ position come back; metrics.jsonl is cut back to the checkpoint's step).
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -451,6 +450,4 @@ def run_grpo(
 
     checkpoint, loaded = common.start_run(cfg, trl_args, "grpo", resume)
     trainer = build_trainer(cfg, loaded, rows, retriever, rollout_fn)
-    if checkpoint:
-        print(f"medr1: resuming from {checkpoint}", file=sys.stderr, flush=True)
     return common.train_and_save(trainer, loaded, cfg, checkpoint, plan, started)
