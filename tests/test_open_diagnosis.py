@@ -11,7 +11,9 @@ import pytest
 
 from medr1.data.hpo import HPO, Annotation, Disease, Term
 from medr1.data.schema import Question
-from medr1.open_diagnosis import SimIndex, case_record, open_metrics, ranked, subset_metrics
+from medr1.errors import ConfigError
+from medr1.open_diagnosis import (SimIndex, candidate_question, case_record, open_metrics, ranked, reranked,
+                                  subset_metrics)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "phenopackets"
 
@@ -87,7 +89,9 @@ def test_open_eval_on_the_fixture_phenopackets(tmp_path):
     assert metrics["subsets"]["disease in KB"]["n"] == 2 and metrics["subsets"]["all cases"]["n"] == 3
     assert "| | all cases | 3 |" in result.output
     bad = CliRunner().invoke(app, ["open-eval", "--method", "magic", "--out", str(tmp_path)])
-    assert bad.exit_code != 0 and "must be one of ['bm25', 'hpo-sim']" in bad.output
+    assert bad.exit_code != 0 and "'magic' is not one of bm25, hpo-sim, rerank" in bad.output
+    choice = CliRunner().invoke(app, ["open-eval", "--method", "cot", "--out", str(tmp_path)])
+    assert choice.exit_code != 0 and "'cot' is a choice method" in choice.output
 
 
 def test_a_limited_open_eval_counts_only_the_files_it_read(tmp_path):
@@ -100,3 +104,112 @@ def test_a_limited_open_eval_counts_only_the_files_it_read(tmp_path):
     assert metrics["skipped"] == {} and metrics["subsets"]["all cases"]["n"] == 1
     whole = run_open_eval("hpo-sim", f"phenopackets:{FIXTURE}", tmp_path / "whole", progress=False)
     assert whole["skipped"] == {"disease not in HPO annotations": 1} and whole["subsets"]["all cases"]["n"] == 3
+
+
+# --- rerank: a ranker's top k as options, the model's pick first -----------------------------------------------------
+
+
+def case(i: int, gold: str = "OMIM:2") -> Question:
+    return Question(id=f"p{i}", question="A boy with seizures. Which of the following is the most likely diagnosis?",
+                    options={"A": "x", "B": "y"}, answer="A", split="dev", source="phenopackets",
+                    meta={"disease_id": gold, "subset": "unseen-publication"})
+
+
+def test_candidate_questions_take_distinct_names_in_a_seeded_letter_order():
+    names = {"OMIM:1": "Alpha syndrome", "ORPHA:1": "alpha syndrome", "OMIM:2": "Beta syndrome",
+             "OMIM:3": "Gamma syndrome", "OMIM:4": "Delta syndrome"}
+    ranking = ["OMIM:1", "ORPHA:1", "OMIM:2", "OMIM:3", "OMIM:4"]
+    q = candidate_question(case(0), ranking, names, k=3)
+    assert sorted(q.meta["option_ids"].values()) == ["OMIM:1", "OMIM:2", "OMIM:3"]  # ORPHA:1 repeats a name
+    assert {q.options[letter] for letter in q.meta["option_ids"]} == {"Alpha syndrome", "Beta syndrome", "Gamma syndrome"}
+    assert q.meta["option_ids"][q.answer] == "OMIM:2" and q.meta["gold_in_options"] and q.split == "dev"
+    assert q.validate("test") is q and candidate_question(case(0), ranking, names, k=3) == q  # seeded: the same
+    firsts = {candidate_question(case(i), ranking, names, k=3).meta["option_ids"]["A"] for i in range(30)}
+    assert firsts == {"OMIM:1", "OMIM:2", "OMIM:3"}  # the ranker's first choice is not always A
+    missed = candidate_question(case(1, gold="OMIM:9"), ranking, names, k=3)
+    assert not missed.meta["gold_in_options"] and missed.answer == "A"
+    with pytest.raises(ConfigError, match="p0: the ranker gave 1 candidate"):
+        candidate_question(case(0), ["OMIM:1", "ORPHA:1"], names, k=3)
+
+
+def test_the_pick_goes_first_and_no_pick_keeps_the_ranker_order():
+    first, ids = ["OMIM:1", "OMIM:2", "OMIM:3"], {"A": "OMIM:3", "B": "OMIM:1"}
+    assert reranked(first, ids, "A") == ["OMIM:3", "OMIM:1", "OMIM:2"]
+    assert reranked(first, ids, None) == first and reranked(first, ids, "D") == first
+
+
+def test_open_and_choice_methods_are_told_apart_by_the_method_table():
+    from medr1.config import build_config
+    from medr1.evaluate import EvalConfig
+    from medr1.methods import METHODS, get_method, llm_methods
+
+    assert {n for n, m in METHODS.items() if m.task == "open"} == {"bm25", "hpo-sim", "rerank"}
+    assert get_method("rerank", task="open").in_loop and "rerank" not in llm_methods()
+    with pytest.raises(ConfigError, match="'hpo-sim' is an open method"):
+        build_config(EvalConfig, {"method": "hpo-sim", "out": "x"})
+    with pytest.raises(ConfigError, match="'self-ask' is a choice method"):
+        get_method("self-ask", "open-eval --method", task="open")
+
+
+class PickByName:
+    """A scripted `medr1.evaluate.Generator`: answers the letter of the option named in `names`, else the last
+    letter (`fallback`) or no letter at all."""
+
+    def __init__(self, names: set[str], fallback: bool = True) -> None:
+        self.names, self.prompts, self.fallback = names, [], fallback
+
+    def prompt_ids(self, loaded, messages):
+        self.prompts.append(messages[-1]["content"])
+        return [len(self.prompts) - 1]
+
+    def backend(self, loaded, kind):
+        return None
+
+    def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0):
+        from types import SimpleNamespace
+
+        out = []
+        for (pid,) in prompts:
+            options = [line for line in self.prompts[pid].splitlines() if line[1:3] == ". "]
+            letter = next((line[0] for line in options if line[3:] in self.names),
+                          options[-1][0] if self.fallback else None)
+            text = f"<answer>{letter}</answer>" if letter else "<answer>I cannot tell</answer>"
+            out.append(SimpleNamespace(text=text, queries=[], retrieved_doc_ids=[], retrieved_titles=[],
+                                       finish_reason="answer", tool_errors=0, n_generated=3, turns=1))
+        return out
+
+
+def test_rerank_on_the_fixture_phenopackets(tmp_path):
+    """hpo-sim's top 10 become the options; a model that names the gold puts it first wherever hpo-sim had it in
+    its top 10 (and else moves a wrong one up, which leaves the gold where it was); a model that names no option
+    leaves hpo-sim's ranking as it was. Rankings hold OMIM ids only: the cases are coded in OMIM."""
+    from medr1.data.hpo import load_hpo
+    from medr1.evaluate import EvalConfig
+    from medr1.open_diagnosis import run_open_eval
+
+    hpo = load_hpo()
+    data = f"phenopackets:{FIXTURE}"
+    plain = run_open_eval("hpo-sim", data, tmp_path / "plain", progress=False, hpo=hpo)
+    plain_top = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "plain" / "samples.jsonl").open()}
+    golds = {hpo.diseases[r["gold"]].name for r in plain_top.values()}
+    cfg = EvalConfig(method="cot", out="ignored", max_new_tokens_per_turn=8, max_total_tokens=8, data=data)
+    assert plain["namespaces"] == ["OMIM"] and all(d.startswith("OMIM:") for r in plain_top.values() for d in r["top"])
+    got = run_open_eval("rerank", data, tmp_path / "rr", progress=False, hpo=hpo, first="hpo-sim", k=10,
+                        eval_cfg=cfg, loaded=object(), generator=PickByName(golds))
+    records = [json.loads(line) for line in (tmp_path / "rr" / "samples.jsonl").open()]
+    assert len(records) == 2 and got["unparsed"] == 0 and got["first"] == "hpo-sim" and got["k"] == 10
+    assert {r["gold_in_options"] for r in records} == {True, False}  # the fixture has one of each
+    for r in records:
+        inside = plain_top[r["id"]]["rank"] <= 10
+        assert r["gold_in_options"] == inside and r["pick"] is not None
+        assert r["rank"] == (1 if inside else plain_top[r["id"]]["rank"])
+        assert r["first_top"] == plain_top[r["id"]]["top"][0]
+    assert got["gold_in_options"] == sum(r["gold_in_options"] for r in records)
+    assert len((tmp_path / "rr" / "choice" / "samples.jsonl").read_text().splitlines()) == 2
+    blind = run_open_eval("rerank", data, tmp_path / "blind", progress=False, hpo=hpo, first="hpo-sim", k=10,
+                          eval_cfg=cfg, loaded=object(), generator=PickByName(set(), fallback=False))
+    assert blind["unparsed"] == 2
+    for line in (tmp_path / "blind" / "samples.jsonl").open():
+        r = json.loads(line)
+        assert r["top"] == plain_top[r["id"]]["top"] and r["rank"] == plain_top[r["id"]]["rank"]
+    assert blind["subsets"] == plain["subsets"]

@@ -540,10 +540,17 @@ def compare_cmd(
 @app.command("open-eval")
 @friendly_errors
 def open_eval_cmd(
-    method: str = typer.Option(..., "--method", help="bm25 | hpo-sim: a ranker over every disease."),
+    overrides: list[str] | None = typer.Argument(None, help="rerank: key=value overrides of the eval config."),
+    method: str = typer.Option(..., "--method", help="bm25 | hpo-sim (rank every disease) | rerank (a model picks "
+                                                     "among a ranker's top k)."),
     out: str = typer.Option(..., "--out", "-o", help="Output directory (samples.jsonl, metrics.json)."),
     data: str = typer.Option("phenopackets:", "--data", "-d", help="Real patients: phenopackets:[DIR]."),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Rank only the first N cases."),
+    model: str | None = typer.Option(None, "--model", "-m", help="rerank: the model that chooses."),
+    first: str = typer.Option("bm25", "--first", help="rerank: the ranker whose top k become the options."),
+    k: int = typer.Option(4, "--k", min=2, max=10, help="rerank: how many candidates (options)."),
+    config: str | None = typer.Option(None, "--config", "-c", help="rerank: recipe or eval YAML (budget, "
+                                                                   "method: self-ask by default)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Open-ended diagnosis of real patients: rank every disease, report top-1/3/10 and MRR on the
@@ -552,11 +559,21 @@ def open_eval_cmd(
     Example: medr1 open-eval --method hpo-sim --out runs/open/hpo-sim
 
     Example: medr1 open-eval --method bm25 --data phenopackets:../shared/data/phenopackets --limit 200 --out runs/open/bm25
+
+    Example: medr1 open-eval --method rerank --model runs/quickstart/sft/final --config recipes/quickstart.yaml --limit 100 --out runs/open/rerank
     """
     from medr1.open_diagnosis import run_open_eval
 
-    metrics = run_open_eval(method, data, out, limit, progress=not quiet)
+    eval_cfg = None
+    if method == "rerank":
+        from medr1.evaluate import load_eval_config
+
+        eval_cfg = load_eval_config(config, {"model": model, "data": data, "out": f"{out}/choice"}, overrides)
+    metrics = run_open_eval(method, data, out, limit, progress=not quiet, first=first, k=k, eval_cfg=eval_cfg)
     typer.echo(metrics["table"])
+    if method == "rerank":
+        typer.echo(f"gold among the {k} candidates of {first}: {metrics['gold_in_options']}; the model's answer named "
+                   f"no candidate: {metrics['unparsed']} (kept {first}'s order)")
     typer.echo(f"skipped (by reason): {metrics['skipped']}; wrote {out}/samples.jsonl and metrics.json")
 
 

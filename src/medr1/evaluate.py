@@ -216,7 +216,7 @@ def _record(question: Question, method: str, completion: str, prediction: str | 
         "seconds": 0.0,
         "explanation": question.explanation,
         "gold_doc_ids": list(question.gold_doc_ids),
-        "subset": question.meta.get("subset") if isinstance(question.meta, dict) else None,
+        "subset": question.subset,
     }
     rec.update(trace)
     return rec

@@ -2,9 +2,11 @@
 
 A method is one entry of `METHODS`: its prompt builder (None for a non-LLM ranker), how retrieval takes part
 (`none`; `prompt`: retrieved once with the question and shown in the prompt; `loop`: the model searches while it
-reasons), and whether it needs options. The rollout budget maps onto turns by `retrieval` alone
-(`medr1.rollout.for_method`: `loop` gets the turns, every other LLM method one turn with the whole budget).
-Evaluation, training prompts and the report read this table; adding a method is `register(Method(...))`.
+reasons), whether it needs options, and its task: `choice` (pick one option letter; `medr1 eval`) or `open` (rank
+every disease of the knowledge base; `medr1 open-eval`, `medr1.open_diagnosis`). The rollout budget maps onto turns
+by `retrieval` alone (`medr1.rollout.for_method`: `loop` gets the turns, every other LLM method one turn with the
+whole budget). Evaluation, training prompts and the report read this table; adding a method is
+`register(Method(...))`.
 
 A variant is one row of the report and one evaluation of the pipeline: (label, eval stage, model, method), the
 model being "base" (the run's model) or the training stage whose final model it evaluates.
@@ -27,6 +29,7 @@ from typing import Any
 from medr1.errors import ConfigError
 
 RETRIEVAL_KINDS = ("none", "prompt", "loop")
+TASKS = ("choice", "open")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Method:
     prompt: Callable[..., list[dict]] | None  # (question, passages) -> chat messages; None: not an LLM method
     needs_options: bool = True
     note: str = ""
+    task: str = "choice"  # choice: answer with an option letter; open: rank every disease (medr1.open_diagnosis)
 
     @property
     def llm(self) -> bool:
@@ -76,6 +80,8 @@ def register(method: Method) -> Method:
     if method.retrieval not in RETRIEVAL_KINDS:
         raise ConfigError(f"method {method.name!r}: retrieval must be one of {RETRIEVAL_KINDS}, "
                           f"got {method.retrieval!r}")
+    if method.task not in TASKS:
+        raise ConfigError(f"method {method.name!r}: task must be one of {TASKS}, got {method.task!r}")
     METHODS[method.name] = method
     return method
 
@@ -85,18 +91,27 @@ for _m in (
     Method("rag", "prompt", _rag, note="top-k passages retrieved with the question, then one turn"),
     Method("self-ask", "loop", _self_ask, note="searches while reasoning"),
     Method("bm25-ranker", "prompt", None, note="no LLM: BM25 of each option's document against the findings"),
+    Method("bm25", "prompt", None, needs_options=False, task="open",
+           note="no LLM: the findings as one BM25 query; disease documents in score order"),
+    Method("hpo-sim", "none", None, needs_options=False, task="open",
+           note="no LLM: Phenomizer-style information-content similarity to every disease's HPO annotations"),
+    Method("rerank", "loop", _self_ask, needs_options=False, task="open",
+           note="a ranker's top-k diseases become the options; the model picks one by self-ask, which goes first"),
 ):
     register(_m)
 
 
-def get_method(name: str, where: str = "method") -> Method:
-    if name not in METHODS:
-        raise ConfigError(f"{where}: {name!r} is not one of {', '.join(METHODS)}")
+def get_method(name: str, where: str = "method", task: str = "choice") -> Method:
+    """The method called `name` for `task` (choice or open), or a ConfigError listing that task's methods."""
+    names = [n for n, m in METHODS.items() if m.task == task]
+    if name not in names:
+        other = f" ({name!r} is a{'n' if task == 'choice' else ''} {METHODS[name].task} method)" if name in METHODS else ""
+        raise ConfigError(f"{where}: {name!r} is not one of {', '.join(names)}{other}")
     return METHODS[name]
 
 
 def llm_methods() -> tuple[str, ...]:
-    return tuple(name for name, m in METHODS.items() if m.llm)
+    return tuple(name for name, m in METHODS.items() if m.llm and m.task == "choice")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

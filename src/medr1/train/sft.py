@@ -145,29 +145,9 @@ def explanation_example(question: Question, prompt_method: str = "cot", answer_w
     return SFTExample(question.id, "explanation", build_messages(question, prompt_method), [Segment(target)])
 
 
-def question_findings(question: Question) -> list[str]:
-    """The findings a reader of the vignette sees (lower-case).
-
-    HPO-Dx records them in `meta["findings"]` (dicts with the shown `label`) and the incidental one in
-    `meta["noise"]`; the noise finding is kept because the model cannot tell it apart either. Other sources: the
-    comma-separated parts of the question text.
-    """
-    meta = question.meta if isinstance(question.meta, dict) else {}
-    found = meta.get("findings")
-    if isinstance(found, list) and found:
-        labels = [str(f.get("label", "")) if isinstance(f, dict) else str(f) for f in found]
-        noise = meta.get("noise")
-        if isinstance(noise, dict) and noise.get("label"):
-            labels.append(str(noise["label"]))
-        return [label.strip().lower() for label in labels if label.strip()]
-    text = question.question.replace("\n", " ")
-    parts = [p.strip(" .") for p in text.replace(";", ",").split(",")]
-    return [p for p in parts if p and "?" not in p]
-
-
 def findings_query(question: Question, max_findings: int = 6) -> str:
     """A search query made of the findings (what the model should learn to search for)."""
-    findings = question_findings(question)[:max_findings]
+    findings = question.findings()[:max_findings]
     query = ", ".join(findings) if findings else question.question
     return " ".join(query.split()[:48])
 
@@ -184,7 +164,7 @@ def options_query(question: Question, max_findings: int = 2) -> str:
     """The second search of a trace whose first found no option: the option names with a few findings, so BM25
     ranks the options' own documents by how well they share the findings."""
     names = "; ".join(question.options[k] for k in sorted(question.options))
-    return f"{names}. {', '.join(question_findings(question)[:max_findings])}".strip(" .")
+    return f"{names}. {', '.join(question.findings()[:max_findings])}".strip(" .")
 
 
 def first_option_doc(hits: list[Any], question: Question) -> tuple[int, str, str] | None:
