@@ -213,3 +213,23 @@ def test_rerank_on_the_fixture_phenopackets(tmp_path):
         r = json.loads(line)
         assert r["top"] == plain_top[r["id"]]["top"] and r["rank"] == plain_top[r["id"]]["rank"]
     assert blind["subsets"] == plain["subsets"]
+
+
+def test_a_jsonl_of_cases_ranks_like_its_phenopackets_and_plain_questions_are_refused(tmp_path):
+    """A run's benchmark/phenopackets.jsonl (the pipeline's seeded sample) can be ranked, pairing the open methods with
+    the 4-option variants on the same patients; a question set without gold disease ids is an error naming one."""
+    from medr1.data.hpo import load_hpo
+    from medr1.data.sources import load_questions
+    from medr1.io import atomic_write_jsonl
+    from medr1.open_diagnosis import run_open_eval
+
+    hpo = load_hpo()
+    cases = load_questions(f"phenopackets:{FIXTURE}", skip_bad=True).questions
+    atomic_write_jsonl(tmp_path / "cases.jsonl", [q.to_dict() for q in cases])
+    a = run_open_eval("hpo-sim", f"phenopackets:{FIXTURE}", tmp_path / "a", progress=False, hpo=hpo)
+    b = run_open_eval("hpo-sim", f"jsonl:{tmp_path / 'cases.jsonl'}", tmp_path / "b", progress=False, hpo=hpo)
+    assert (tmp_path / "a" / "samples.jsonl").read_text() == (tmp_path / "b" / "samples.jsonl").read_text()
+    assert a["subsets"]["disease in KB"] == b["subsets"]["disease in KB"]
+    plain = Path(__file__).parent / "fixtures" / "sources" / "normalized.jsonl"
+    with pytest.raises(ConfigError, match=r"needs cases with a gold disease id .*: n-2 has none"):
+        run_open_eval("hpo-sim", f"jsonl:{plain}", tmp_path / "c", progress=False, hpo=hpo)

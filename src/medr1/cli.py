@@ -544,7 +544,8 @@ def open_eval_cmd(
     method: str = typer.Option(..., "--method", help="bm25 | hpo-sim (rank every disease) | rerank (a model picks "
                                                      "among a ranker's top k)."),
     out: str = typer.Option(..., "--out", "-o", help="Output directory (samples.jsonl, metrics.json)."),
-    data: str = typer.Option("phenopackets:", "--data", "-d", help="Real patients: phenopackets:[DIR]."),
+    data: str = typer.Option("phenopackets:", "--data", "-d", help="Real patients: phenopackets:[DIR], or a "
+                                                                   "jsonl: of them (a run's benchmark/phenopackets.jsonl)."),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Rank only the first N cases."),
     model: str | None = typer.Option(None, "--model", "-m", help="rerank: the model that chooses."),
     first: str = typer.Option("bm25", "--first", help="rerank: the ranker whose top k become the options."),

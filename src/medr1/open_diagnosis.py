@@ -297,7 +297,8 @@ def metrics_table(method: str, by_subset: dict[str, OpenMetrics]) -> str:
 def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = None, progress: bool = True,
                   hpo: HPO | None = None, retriever: Any = None, *, first: str = "bm25", k: int = 4,
                   eval_cfg: Any = None, loaded: Any = None, generator: Any = None) -> dict[str, Any]:
-    """Rank every case of a `phenopackets:` source with `method`; write samples.jsonl and metrics.json (atomic).
+    """Rank every case of `data` (a `phenopackets:` source, or a jsonl: of such cases, e.g. a pipeline's sample) with
+    `method`; write samples.jsonl and metrics.json (atomic).
 
     `rerank` ranks with `first`, asks the model of `eval_cfg` (an `EvalConfig`; its `method`, e.g. self-ask, is how
     it answers) to choose among the top `k` in `<out>/choice/` (a resumable `medr1 eval` run), and puts its pick
@@ -307,14 +308,15 @@ def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = N
     from medr1.io import atomic_write_json, atomic_write_jsonl
 
     get_method(method, "open-eval --method", task="open")
-    if not data.startswith("phenopackets:"):
-        raise ConfigError(f"open-eval needs real patients (a phenopackets: source), got {data!r}")
     if method == "rerank" and eval_cfg is None:
         raise ConfigError("open-eval --method rerank needs a model to choose (--model, or an eval config)")
     hpo = hpo or load_hpo()
     loaded_cases = load_questions(data, skip_bad=True, limit=limit)  # with a limit: the skips of the files read only
     questions = loaded_cases.questions
     not_in_kb = loaded_cases.skips.reasons.get(NOT_IN_KB, 0)
+    unranked = next((q.id for q in questions if not case_gold(q)), None)
+    if unranked:  # e.g. a jsonl: of the pipeline's phenopacket sample works, a plain question set does not
+        raise ConfigError(f"open-eval needs cases with a gold disease id (meta.disease_id); {data}: {unranked} has none")
     if method == "bm25" or (method == "rerank" and first == "bm25"):
         from medr1.retrieval import open_retriever
 
