@@ -213,6 +213,17 @@ def test_rerank_on_the_fixture_phenopackets(tmp_path):
         r = json.loads(line)
         assert r["top"] == plain_top[r["id"]]["top"] and r["rank"] == plain_top[r["id"]]["rank"]
     assert blind["subsets"] == plain["subsets"]
+    from medr1.errors import DataError
+    from medr1.report import compare_evals
+
+    text = compare_evals(tmp_path / "rr", tmp_path / "plain")  # paired on the same cases, at top-1 and top-10
+    assert "| A | " + str(tmp_path / "rr") + " | rerank | 50.0% |" in text and "| | eval | method | top-10 |" in text
+    assert text.count("(Newcombe's paired 95% interval; McNemar's test)") == 2
+    mc = tmp_path / "mc"
+    mc.mkdir()
+    (mc / "samples.jsonl").write_text(json.dumps({"id": "x", "correct": True}) + "\n")
+    with pytest.raises(DataError, match="one is an open-eval"):
+        compare_evals(tmp_path / "rr", mc)
 
 
 def test_a_jsonl_of_cases_ranks_like_its_phenopackets_and_plain_questions_are_refused(tmp_path):

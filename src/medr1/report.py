@@ -348,26 +348,29 @@ def budget_mismatch(cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> list[str]:
 
 def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: bool = False) -> str:
     """The paired comparison of two evals on the same questions (accuracy difference with Newcombe's paired 95%
-    interval and McNemar's p), refused when their questions or (for two LLM methods) their budgets differ."""
-    from medr1.stats import align, paired_difference
-
+    interval and McNemar's p), refused when their questions or (for two LLM methods) their budgets differ. Two
+    `medr1 open-eval` outputs are compared on top-1 and on top-10 (a case counts when its gold is ranked that high);
+    the budgets of two reranks are those of their `choice/` evals."""
     (sa, ca), (sb, cb) = eval_samples(dir_a), eval_samples(dir_b)
-    differ = budget_mismatch(ca, cb)
+    opened = [is_open_eval(s) for s in (sa, sb)]
+    if any(opened) and not all(opened):
+        raise DataError(f"{dir_a} and {dir_b}: one is an open-eval (ranks), the other a multiple-choice eval: "
+                        "not comparable")
+    if all(opened):
+        (_, ca), (_, cb) = (eval_samples(Path(d) / "choice") if (Path(d) / "choice").is_dir() else ([], {})
+                            for d in (dir_a, dir_b))
+    differ = budget_mismatch(ca, cb) if ca and cb else []
     if differ and not allow_budget_mismatch:
         raise DataError(f"{dir_a} and {dir_b} ran at different budgets ({'; '.join(differ)}): not comparable; "
                         "re-run one with the other's rollout budget, or pass --allow-budget-mismatch")
-    _, a, b = align(sa, sb, (str(dir_a), str(dir_b)))
-    r = paired_difference(a, b)
-    lines = [
-        "| | eval | method | accuracy |", "|---|---|---|---|",
-        f"| A | {dir_a} | {ca.get('method', '?')} | {100 * r.accuracy_a:.1f}% |",
-        f"| B | {dir_b} | {cb.get('method', '?')} | {100 * r.accuracy_b:.1f}% |",
-        "", f"A − B = {r.text()} (Newcombe's paired 95% interval; McNemar's test)",
-    ]
-    for name, (sub_a, sub_b) in subset_pairs(sa, sb).items():
-        sr = paired_difference(sub_a, sub_b)
-        lines.append(f"{name} (n = {len(sub_a)}): A {100 * sr.accuracy_a:.1f}%, B {100 * sr.accuracy_b:.1f}%, "
-                     f"A − B = {sr.text()}")
+    if all(opened):
+        methods = [json.loads((Path(d) / "metrics.json").read_text(encoding="utf-8")).get("method", "?")
+                   if (Path(d) / "metrics.json").is_file() else "?" for d in (dir_a, dir_b)]
+        parts = [paired_lines(dir_a, dir_b, ranked_within(sa, k), ranked_within(sb, k), methods, f"top-{k}")
+                 for k in (1, 10)]
+        lines = [line for part in parts for line in (*part, "")][:-1]
+    else:
+        lines = paired_lines(dir_a, dir_b, sa, sb, [ca.get("method", "?"), cb.get("method", "?")], "accuracy")
     if differ:
         lines.append(f"Warning: different budgets ({'; '.join(differ)}).")
     if ca.get("rotate", 0) != cb.get("rotate", 0):
@@ -379,6 +382,36 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
                          f"answered in both, the answer follows the content in {100 * rot['follows_content']:.1f}% "
                          f"and the letter in {100 * rot['follows_letter']:.1f}%.")
     return "\n".join(lines)
+
+
+def is_open_eval(samples: Sequence[dict[str, Any]]) -> bool:
+    """Samples of `medr1 open-eval` (a gold rank per case) rather than of `medr1 eval` (an answer per question)."""
+    return bool(samples) and "rank" in samples[0] and "correct" not in samples[0]
+
+
+def ranked_within(samples: Sequence[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Open-eval samples with `correct` = the gold ranked in the top k (what the paired statistics read)."""
+    return [{**s, "correct": s.get("rank") is not None and s["rank"] <= k} for s in samples]
+
+
+def paired_lines(dir_a: str | Path, dir_b: str | Path, sa: Sequence[dict], sb: Sequence[dict], methods: list[str],
+                 measure: str) -> list[str]:
+    """The comparison table and the paired difference of `measure`, overall and per real-patient subset."""
+    from medr1.stats import align, paired_difference
+
+    _, a, b = align(sa, sb, (str(dir_a), str(dir_b)))
+    r = paired_difference(a, b)
+    lines = [
+        f"| | eval | method | {measure} |", "|---|---|---|---|",
+        f"| A | {dir_a} | {methods[0]} | {100 * r.accuracy_a:.1f}% |",
+        f"| B | {dir_b} | {methods[1]} | {100 * r.accuracy_b:.1f}% |",
+        "", f"A − B = {r.text()} (Newcombe's paired 95% interval; McNemar's test)",
+    ]
+    for name, (sub_a, sub_b) in subset_pairs(sa, sb).items():
+        sr = paired_difference(sub_a, sub_b)
+        lines.append(f"{name} (n = {len(sub_a)}): A {100 * sr.accuracy_a:.1f}%, B {100 * sr.accuracy_b:.1f}%, "
+                     f"A − B = {sr.text()}")
+    return lines
 
 
 def subset_pairs(sa: Sequence[dict], sb: Sequence[dict]) -> dict[str, tuple[list[bool], list[bool]]]:
