@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from medr1.generation import HFBackend, PrefixStore, SamplingParams, _Entry, common_prefix_len
+from medr1.generation import DecodeBatch, HFBackend, PrefixStore, SamplingParams, _Entry, common_prefix_len
 
 
 @pytest.mark.parametrize("a,b,n", [
@@ -71,3 +71,26 @@ def test_prefix_store_evicts_least_recently_used() -> None:
     assert a not in store.entries and longer in store.entries
     assert store.match(list(range(5)) + [9])[0] is None  # below MIN_SHARED
     assert store.match(list(range(60)))[1] == 59  # at least one token is left to prefill
+
+
+def test_a_batch_that_empties_takes_a_prompt_longer_than_its_buffers(tiny_llama) -> None:
+    """Continuous scheduling: every row finishes, then a prompt longer than the allocated columns joins (the GRPO
+    crash of a study run: "expanded size 700 must match 608"). It generates what a fresh batch generates."""
+    from medr1.generation import Request
+
+    tok = tiny_llama.tokenizer
+    short = list(tok("A boy with seizures.")["input_ids"])
+    long = (list(tok("Frequent: hypotonia, seizures, ataxia. ")["input_ids"]) * 40)[:DecodeBatch.GROW + 100]
+    be = HFBackend.from_loaded(tiny_llama, prefix_cache=False)
+    batch = be.open()
+    assert batch.add([Request("short", short, 2)]) == []
+    finished = []
+    while batch.size:
+        finished += batch.step()
+    assert [k for k, _ in finished] == ["short"] and batch.valid.shape[1] < len(long)
+    batch.add([Request("long", long, 4)])
+    got = []
+    while batch.size:
+        got += batch.step()
+    want = HFBackend.from_loaded(tiny_llama, prefix_cache=False).generate([long], 4)
+    assert [o.token_ids for _, o in got] == [want[0].token_ids]

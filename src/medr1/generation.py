@@ -393,14 +393,15 @@ class DecodeBatch:
             for i in range(layers):
                 buf = torch.zeros(new_rows, heads, new_cols, head_dim, dtype=dtype, device=device)
                 if allocated:
-                    buf[:n, :, :length] = bufs[i][:n, :, :length]
+                    if n:  # an empty batch has no live part (its `length` may already exceed the old buffers)
+                        buf[:n, :, :length] = bufs[i][:n, :, :length]
                     bufs[i] = buf
                 else:
                     bufs.append(buf)
         valid = torch.zeros(new_rows, new_cols, dtype=torch.bool, device=device)
         pos = torch.zeros(new_rows, dtype=torch.long, device=device)
         logits = torch.zeros(new_rows, self.be.vocab, dtype=torch.float32, device=device)
-        if allocated:
+        if allocated and n:
             valid[:n, :length] = self.valid[:n, :length]
             pos[:n], logits[:n] = self.pos[:n], self.logits[:n]
         self.valid, self.pos, self.logits = valid, pos, logits
