@@ -204,8 +204,8 @@ def candidate_question(case: Question, ranking: Sequence[str], names: dict[str, 
                        seed: int = 0) -> Question:
     """`case` as a question whose options are the first `k` distinct-named diseases of `ranking`, in a letter
     order seeded by the case id (the ranker's first choice is not always A). The answer is the gold's letter; when
-    the ranker missed the gold, no letter can be right, so the answer is the first letter and `meta["gold_in_options"]` is False: such a case counts as wrong whatever the model picks (its open
-    rank comes from `reranked`, never from this answer)."""
+    the ranker missed the gold, no letter can be right, so the answer is the first letter and
+    `meta["gold_in_options"]` is False (the open rank comes from `reranked`, never from this answer)."""
     picked, seen = [], set()
     for did in ranking:
         name = names.get(did, did)

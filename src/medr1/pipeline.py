@@ -67,6 +67,7 @@ from medr1.errors import ConfigError, Medr1Error
 from medr1.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, file_sha256, stable_hash
 from medr1.methods import STAGES, eval_dir, get_method, stage_variants
 from medr1.paths import PROJECT_ROOT
+from medr1.train.common import peak_rss_mb
 
 PROFILES = ("smoke", "quickstart", "study")
 BASELINE_METHODS = tuple(v.method for v in stage_variants("baselines"))
@@ -859,7 +860,6 @@ def run_stage(plan: Plan, stage: Stage, outputs: dict[str, dict[str, Any]], fing
     gc.collect()  # models and trainers of this stage are unreachable now; free them before the next stage loads its own
     seconds = round(time.perf_counter() - t0, 1)
     fingerprint = str(result.get("fingerprint") or uuid.uuid4().hex[:16])
-    from medr1.train.common import peak_rss_mb  # here: importing the trainers' module at startup would load torch
     peak = round(peak_rss_mb(), 1)  # of this process so far: a stage's own peak when it is the first to run
     done = {"stage": stage.name, "hash": digest, "deps": dep_fps, "fingerprint": fingerprint, "seconds": seconds,
             "peak_rss_mb": peak, "finished_at": _now(), "outputs": result}

@@ -329,12 +329,16 @@ def read_samples(eval_dir: str | Path) -> list[dict[str, Any]]:
 
 def eval_samples(eval_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(samples, resolved config) of one `medr1 eval` output directory; an error naming what is missing."""
+    return read_samples(eval_dir), eval_config(eval_dir)
+
+
+def eval_config(eval_dir: str | Path) -> dict[str, Any]:
+    """The resolved config.yaml of an eval output directory ({} when it has none)."""
     import yaml
 
-    samples = read_samples(eval_dir)
     cfg_path = Path(eval_dir) / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-    return samples, cfg if isinstance(cfg, dict) else {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def budget_mismatch(cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> list[str]:
@@ -357,8 +361,7 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
         raise DataError(f"{dir_a} and {dir_b}: one is an open-eval (ranks), the other a multiple-choice eval: "
                         "not comparable")
     if all(opened):
-        (_, ca), (_, cb) = (eval_samples(Path(d) / "choice") if (Path(d) / "choice").is_dir() else ([], {})
-                            for d in (dir_a, dir_b))
+        ca, cb = (eval_config(Path(d) / "choice") for d in (dir_a, dir_b))  # a rerank's budget; {} for a ranker
     differ = budget_mismatch(ca, cb) if ca and cb else []
     if differ and not allow_budget_mismatch:
         raise DataError(f"{dir_a} and {dir_b} ran at different budgets ({'; '.join(differ)}): not comparable; "
