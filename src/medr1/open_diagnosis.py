@@ -339,8 +339,8 @@ def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = N
     by_subset = subset_metrics(records, not_in_kb)
     atomic_write_jsonl(out / "samples.jsonl", records)
     metrics = {"method": method, "data": data, "skipped": dict(loaded_cases.skips.reasons), **extra,
-               "subsets": {name: {"n": m.n, **{f"top{k}": m.top[k][0] for k in TOP_K},
-                                  **{f"top{k}_ci": list(m.top[k][1:]) for k in TOP_K},
+               "subsets": {name: {"n": m.n, **{f"top{t}": m.top[t][0] for t in TOP_K},
+                                  **{f"top{t}_ci": list(m.top[t][1:]) for t in TOP_K},
                                   "mrr": m.mrr, "mrr_ci": list(m.mrr_ci)} for name, m in by_subset.items()}}
     atomic_write_json(out / "metrics.json", metrics)
     metrics["table"] = metrics_table(method, by_subset)
