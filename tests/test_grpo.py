@@ -295,3 +295,23 @@ def test_trl_keys_pass_through_flat():
         build_config(grpo.GRPOConfig, {"max_completion_length": 64})
     with pytest.raises(ConfigError, match="max_steps"):
         build_config(grpo.GRPOConfig, {"max_steps": "many"})
+
+
+def test_a_forced_answer_is_trained_on_but_earns_no_correctness(tiny_llama):
+    """The environment's `<answer>` (mask 0) is not the model's: the reward reads no answer, TRL sees an end."""
+    from medr1.train.rewards import correctness_reward
+
+    tok = tiny_llama.tokenizer
+    own, forced, answer = (tok(x, add_special_tokens=False)["input_ids"]
+                           for x in ("<think>long reasoning", "</think>\n<answer>", "Marfan syndrome</answer>"))
+    traj = SimpleNamespace(prompt_ids=[1, 2], token_ids=own + forced + answer, queries=[], finish_reason="forced",
+                           loss_mask=[1] * len(own) + [0] * len(forced) + [1] * len(answer))
+    out = grpo.trajectories_to_trl([traj], tok, end_id=tok.eos_token_id)
+    assert out["completion_ids"][0] == own + forced + answer + [tok.eos_token_id]  # ended, not clipped
+    assert out["env_mask"][0] == traj.loss_mask + [0]
+    assert tags.ANSWER_OPEN not in out["model_text"][0]
+    options = ["Homocystinuria", "Marfan syndrome", "Stickler syndrome", "Ehlers-Danlos"]
+    assert correctness_reward([traj.token_ids], answer=["B"], model_text=out["model_text"], letters=["ABCD"],
+                              option_texts=[options]) == [0.0]
+    written = tok.decode(own + forced + answer)
+    assert correctness_reward([written], answer=["B"], letters=["ABCD"], option_texts=[options]) == [1.0]

@@ -141,6 +141,44 @@ def test_max_total_tokens_bounds_completion(tiny_llama, tok) -> None:
     assert len(t.token_ids) < 30
 
 
+def test_a_reply_cut_off_by_its_budget_gets_a_forced_answer(tiny_llama, tok) -> None:
+    """answer_tokens: the environment closes the open <think> and opens <answer> (mask 0); the model's answer
+    tokens are sampled (mask 1), bounded by answer_tokens, not counted as a turn; an eos reply is left alone."""
+    p, q = prompt(tok, "ramble"), prompt(tok, "quits")
+    ramble, answer = "<think>" + "word " * 50, "B</answer>"
+    backend = scripted(tok, {"ramble": [ramble, answer], "quits": ["no answer<EOS>"]}, eos_id=tok.eos_token_id)
+    cfg = RolloutConfig(max_turns=1, max_new_tokens_per_turn=9, answer_tokens=6)
+    t, u = run_rollouts(tiny_llama, [p, q], None, cfg, backend=backend)
+    gen, forced, ans = ids(tok, ramble)[:9], ids(tok, "</think>\n<answer>"), ids(tok, answer)
+    assert t.token_ids == gen + forced + ans[:6]
+    assert t.loss_mask == [1] * 9 + [0] * len(forced) + [1] * len(ans[:6])
+    assert (t.finish_reason, t.forced, t.turns, t.n_generated) == ("forced", True, 1, 9 + len(ans[:6]))
+    assert backend.calls[-1] == [p + gen + forced]  # the forced turn continues the ids kept so far
+    assert (u.finish_reason, u.forced) == ("eos", False)
+    # off by default: the same reply stays cut off
+    backend = scripted(tok, {"ramble": [ramble, answer]})
+    (t,) = run_rollouts(tiny_llama, [p], None, RolloutConfig(max_turns=1, max_new_tokens_per_turn=9), backend=backend)
+    assert (t.finish_reason, t.forced, len(t.token_ids)) == ("budget", False, 9)
+
+
+def test_a_search_in_the_last_turn_is_answered_by_force(tiny_llama, tok) -> None:
+    p = prompt(tok, "loop")
+    backend = scripted(tok, {"loop": ["<search>again</search>", "<search>again</search>", "Marfan</answer>"]})
+    (t,) = run_rollouts(tiny_llama, [p], FakeRetriever(), RolloutConfig(max_turns=2, answer_tokens=8), backend=backend)
+    assert (t.turns, t.finish_reason, len(t.queries)) == (2, "forced", 1)
+    assert t.text.endswith("<search>again</search>\n<answer>Marfan</answer>")
+
+
+def test_forced_answer_on_the_hf_backend(tiny_llama, tok) -> None:
+    """A random tiny model never answers: with answer_tokens it writes exactly answer_tokens more after `<answer>`."""
+    p = prompt(tok, "random")
+    cfg = RolloutConfig(max_turns=1, max_new_tokens_per_turn=5, answer_tokens=4)
+    (t,) = run_rollouts(tiny_llama, [p], None, cfg)
+    forced = ids(tok, "\n<answer>")
+    assert t.finish_reason == "forced" and t.token_ids[5:5 + len(forced)] == forced
+    assert t.loss_mask == [1] * 5 + [0] * len(forced) + [1] * 4 and t.n_generated == 9
+
+
 def test_max_info_tokens_truncates_each_passage(tiny_llama, tok) -> None:
     p = prompt(tok, "info")
     backend = scripted(tok, {"info": ["<search>a</search>", "<answer>A</answer>"]})

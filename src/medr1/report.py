@@ -343,11 +343,12 @@ def eval_config(eval_dir: str | Path) -> dict[str, Any]:
 
 def budget_mismatch(cfg_a: dict[str, Any], cfg_b: dict[str, Any]) -> list[str]:
     """The rollout budget keys on which two LLM evaluations differ (a non-LLM method has no budget)."""
-    from medr1.rollout import BUDGET_KEYS
+    from medr1.rollout import BUDGET_KEYS, Budget
 
     if not all(get_method(str(c.get("method")), "compare").llm for c in (cfg_a, cfg_b)):
         return []
-    return [f"{k}: {cfg_a.get(k)} vs {cfg_b.get(k)}" for k in BUDGET_KEYS if cfg_a.get(k) != cfg_b.get(k)]
+    a, b = ({k: c.get(k, getattr(Budget, k)) for k in BUDGET_KEYS} for c in (cfg_a, cfg_b))  # older evals: defaults
+    return [f"{k}: {a[k]} vs {b[k]}" for k in BUDGET_KEYS if a[k] != b[k]]
 
 
 def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: bool = False) -> str:

@@ -13,6 +13,10 @@ One trajectory is a small state machine, GENERATE -> (SEARCH -> GENERATE)* -> DO
     max_turns  the model asked for a search in its last allowed turn (`max_turns` counts generation turns).
   The search of turn `max_turns - 1` is the last one executed; its information block ends with a note telling the
   model to answer now, so a model that keeps searching still gets one turn to answer.
+    forced     with `answer_tokens` > 0, a trajectory cut off ("budget" or "max_turns") is reopened once: the
+               environment closes its open tag and writes `<answer>` (loss_mask 0), and the model writes the answer
+               in at most `answer_tokens` tokens (loss_mask 1; not a turn). Every method gets the same forced answer,
+               so budgets stay equal; the `forced` count shows how often the budget did not fit the reasoning.
 
 A retrieval exception, an empty query or an empty result becomes observation text ("Search failed: …" /
 "No results.") counted in `tool_errors`; it never raises. With `retriever=None` (or `max_turns=1`) the rollout is a
@@ -45,7 +49,7 @@ from medr1.generation import FINISH_EOS, FINISH_STOP, GenerationBackend, GenOutp
 from medr1.prompts import format_passage
 from medr1.retrieval.base import MAX_TOPK, Hit, Retriever
 
-FINISH_REASONS = ("answer", "eos", "budget", "max_turns")
+FINISH_REASONS = ("answer", "eos", "budget", "max_turns", "forced")
 LAST_SEARCH_NOTE = "(That was your last search. Give your final answer now.)"
 SEARCH_FAILED = "Search failed: "
 QUERY_CONTEXT_TOKENS = 32  # tokens before a turn that may hold its <search> opening tag
@@ -69,6 +73,7 @@ class Budget:
     max_total_tokens: int = 1024  # completion tokens (generated + inserted information); the prompt is not counted
     topk: int = 3  # passages per search
     max_info_tokens: int = 384  # tokens of one <information> block, tags included
+    answer_tokens: int = 0  # forced answer: tokens a reply that ended without `<answer>` gets to write one (0 = off)
 
     def validate_budget(self, where: str = "rollout") -> None:
         for key in ("max_turns", "max_new_tokens_per_turn", "max_total_tokens", "topk"):
@@ -76,6 +81,8 @@ class Budget:
                 raise ConfigError(f"{where}.{key} must be >= 1, got {getattr(self, key)}")
         if self.topk > MAX_TOPK:
             raise ConfigError(f"{where}.topk must be at most {MAX_TOPK}, got {self.topk}")
+        if self.answer_tokens < 0:
+            raise ConfigError(f"{where}.answer_tokens must be >= 0 (0 = no forced answer), got {self.answer_tokens}")
         if self.max_info_tokens < 16:
             raise ConfigError(f"{where}.max_info_tokens must be >= 16 (tags alone take ~8), got {self.max_info_tokens}")
 
@@ -141,6 +148,7 @@ class Trajectory:
     retrieved_titles: list[list[str]] = field(default_factory=list)
     turns: int = 0  # generation turns
     finish_reason: str = ""
+    forced: bool = False  # the environment opened `<answer>` after the reply ended without one (`answer_tokens`)
     tool_errors: int = 0  # failed searches, empty queries and empty results
     n_generated: int = 0  # sampled tokens (sum of loss_mask)
 
@@ -249,6 +257,29 @@ def _apply_generation(t: Trajectory, out: GenOutput, cfg: RolloutConfig, tokeniz
     return None
 
 
+def _force_answer(t: Trajectory, tokenizer: Any) -> None:
+    """Reopen a trajectory the budget cut off ("budget", "max_turns"): close its open tag and open `<answer>`
+    (loss_mask 0, written by the environment); its next turn is the forced answer of `answer_tokens`. A reply
+    that ended itself (end-of-sequence) without an answer is left as it is."""
+    if t.finish_reason not in ("budget", "max_turns") or t.forced:
+        return
+    text = tokenizer.decode(t.token_ids, skip_special_tokens=True)
+    ids = list(tokenizer(tags.force_answer_text(text), add_special_tokens=False)["input_ids"])
+    t.token_ids += ids
+    t.loss_mask += [0] * len(ids)
+    t.logprobs += [0.0] * len(ids)
+    t.forced, t.finish_reason = True, ""
+
+
+def _apply_forced(t: Trajectory, out: GenOutput) -> None:
+    """Append the forced answer's tokens (sampled: loss_mask 1); the trajectory ends "forced" however it stopped."""
+    t.token_ids += out.token_ids
+    t.loss_mask += [1] * len(out.token_ids)
+    t.logprobs += list(out.logprobs) if len(out.logprobs) == len(out.token_ids) else [0.0] * len(out.token_ids)
+    t.n_generated += len(out.token_ids)
+    t.finish_reason = "forced"
+
+
 def _apply_search(
     t: Trajectory, query: str, result: list[Hit] | str, info: InfoBuilder, cfg: RolloutConfig
 ) -> None:
@@ -331,6 +362,8 @@ class _Loop:
         self.seed_offset = seed_offset
 
     def budget(self, t: Trajectory) -> int:
+        if t.forced:
+            return self.cfg.answer_tokens
         return min(self.cfg.max_new_tokens_per_turn, self.cfg.max_total_tokens - len(t.token_ids))
 
     def seed(self, t: Trajectory) -> int:
@@ -343,6 +376,9 @@ class _Loop:
         """Apply each generated turn; run the searches it asked for in one batched retriever call."""
         searching: list[tuple[Trajectory, str]] = []
         for t, out in pairs:
+            if t.forced:
+                _apply_forced(t, out)
+                continue
             query = _apply_generation(t, out, self.cfg, self.tokenizer)
             if query is not None:
                 searching.append((t, query))
@@ -350,6 +386,10 @@ class _Loop:
             results = search_all(self.retriever, [q for _, q in searching], self.cfg.topk)
             for (t, query), result in zip(searching, results):
                 _apply_search(t, query, result, self.info, self.cfg)
+        if self.cfg.answer_tokens:
+            for t, _ in pairs:
+                if t.done:
+                    _force_answer(t, self.tokenizer)
 
     def lockstep(self, backend: GenerationBackend, trajs: list[Trajectory], stops: tuple[str, ...], bar: Any) -> None:
         pending, active = deque(trajs), []

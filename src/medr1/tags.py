@@ -18,6 +18,7 @@ STOP_STRINGS = (SEARCH_CLOSE, ANSWER_CLOSE)
 
 _SEARCH_RE = re.compile(re.escape(SEARCH_OPEN) + r"(.*?)" + re.escape(SEARCH_CLOSE), re.S)
 _ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
+TAG_RE = re.compile(r"</?(think|search|information|answer)>")  # any protocol tag; group 1 = its name
 _INFO_RE = re.compile(re.escape(INFO_OPEN) + r".*?" + re.escape(INFO_CLOSE), re.S)
 
 
@@ -38,6 +39,20 @@ def answer_spans(text: str) -> list[str]:
 def strip_information(text: str) -> str:
     """The model's own text: `<information>` blocks removed (for rewards and BLEU/ROUGE of the reasoning)."""
     return _INFO_RE.sub("", text)
+
+
+
+
+def force_answer_text(text: str) -> str:
+    """What the environment writes to make a reply that ran out of budget answer: the protocol tag left open is
+    closed, then `<answer>` opens ("" when an answer is already open: the model was writing it)."""
+    open_tag = None
+    for match in TAG_RE.finditer(text):
+        open_tag = None if match.group(0).startswith("</") else match.group(1)
+    if open_tag == "answer":
+        return ""
+    closing = f"</{open_tag}>" if open_tag else ""
+    return f"{closing}\n{ANSWER_OPEN}"
 
 
 def format_information(passages: list[str]) -> str:

@@ -6,7 +6,9 @@ TRL owns the loop (advantages, clipping, KL, optimizer, checkpoints, resume); me
 - `rollout_func`, which runs `medr1.rollout.run_rollouts` with the model under training (and the retriever in the
   loop) and returns `prompt_ids`, `completion_ids`, `logprobs` and `env_mask` (1 = sampled by the model, 0 =
   inserted `<information>`): TRL multiplies its loss mask by `env_mask`, so inserted text never receives gradient.
-  It also returns `model_text` and `queries`, which TRL forwards to the reward functions;
+  It also returns `model_text` and `queries`, which TRL forwards to the reward functions. `model_text` is the
+  model's own tokens only, so a forced answer (`rollout.answer_tokens`: the environment wrote its `<answer>`) is
+  scored as no answer — training pays for answers that fit the budget, while evaluation reads the forced one;
 - the rewards (`medr1.train.rewards`), weighted by `reward_weights`;
 - `metrics.jsonl`: one record per step with reward mean/std, accuracy, completion length, searches per rollout, KL,
   seconds per step and peak memory (TensorBoard too, when installed).
@@ -266,7 +268,7 @@ def trajectories_to_trl(
 
 
 def _answered(trajectory: Any) -> bool:
-    return str(trajectory.finish_reason) in ("answer", "eos")
+    return str(trajectory.finish_reason) in ("answer", "eos", "forced")
 
 
 RolloutFn = Callable[..., list[Any]]

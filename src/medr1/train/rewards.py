@@ -31,7 +31,6 @@ from medr1 import tags
 Reward = list[float | None]
 
 ALL_LETTERS = "ABCDEFGHIJ"
-_TAG_RE = re.compile(r"</?(think|search|information|answer)>")
 
 
 def completion_text(completion: Any) -> str:
@@ -115,7 +114,7 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
     thinks = re.findall(re.escape(tags.THINK_OPEN) + r"(.*?)" + re.escape(tags.THINK_CLOSE), before, re.S)
     if any(t.strip() for t in thinks):
         score += 0.25
-    if _TAG_RE.search(body) and _balanced(body) and body.count(tags.ANSWER_OPEN) <= 1:
+    if tags.TAG_RE.search(body) and _balanced(body) and body.count(tags.ANSWER_OPEN) <= 1:
         score += 0.25
     return score
 
@@ -123,7 +122,7 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
 def _balanced(text: str) -> bool:
     """Tags open and close in order without nesting (the protocol is flat)."""
     open_tag: str | None = None
-    for match in _TAG_RE.finditer(text):
+    for match in tags.TAG_RE.finditer(text):
         name, closing = match.group(1), match.group(0).startswith("</")
         if not closing:
             if open_tag is not None:
