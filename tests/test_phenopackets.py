@@ -81,9 +81,13 @@ def test_structural_errors(tmp_path):
         "nofeat.json": {**packet, "phenotypicFeatures": {"not": "a list"}},
         "badfeat.json": {**packet, "phenotypicFeatures": [{"type": {"label": "no id"}}]},
         "badage.json": {**packet, "subject": {"timeAtLastEncounter": {"age": {"iso8601duration": "three"}}}},
+        "unknown.json": {**packet, "phenotypicFeature": packet["phenotypicFeatures"]},  # a misspelt field
+        "badsex.json": {**packet, "subject": {"id": "p1", "sex": "MAN"}},  # not one of the schema's values
     }
-    messages = {"nodx.json": "no diagnosis", "nofeat.json": "phenotypicFeatures is not a list",
-                "badfeat.json": r"phenotypicFeatures\[0\] has no HPO type.id", "badage.json": "unreadable subject age"}
+    messages = {"nodx.json": "no diagnosis", "nofeat.json": r"not a GA4GH Phenopacket v2 \(.*phenotypicFeatures",
+                "badfeat.json": r"phenotypicFeatures\[0\] has no HPO type.id", "badage.json": "unreadable subject age",
+                "unknown.json": r"not a GA4GH Phenopacket v2 \(.*phenotypicFeature",
+                "badsex.json": r"not a GA4GH Phenopacket v2 \(.*MAN"}
     for name, content in cases.items():
         d = tmp_path / name.removesuffix(".json")
         d.mkdir()
