@@ -89,7 +89,7 @@ def test_open_eval_on_the_fixture_phenopackets(tmp_path):
     assert metrics["subsets"]["disease in KB"]["n"] == 2 and metrics["subsets"]["all cases"]["n"] == 3
     assert "| | all cases | 3 |" in result.output
     bad = CliRunner().invoke(app, ["open-eval", "--method", "magic", "--out", str(tmp_path)])
-    assert bad.exit_code != 0 and "'magic' is not one of bm25, hpo-sim, rerank" in bad.output
+    assert bad.exit_code != 0 and "'magic' is not one of bm25, hpo-sim, self-ask-open, rag-open, rerank" in bad.output
     choice = CliRunner().invoke(app, ["open-eval", "--method", "cot", "--out", str(tmp_path)])
     assert choice.exit_code != 0 and "'cot' is a choice method" in choice.output
 
@@ -143,7 +143,8 @@ def test_open_and_choice_methods_are_told_apart_by_the_method_table():
     from medr1.evaluate import EvalConfig
     from medr1.methods import METHODS, get_method, llm_methods
 
-    assert {n for n, m in METHODS.items() if m.task == "open"} == {"bm25", "hpo-sim", "rerank"}
+    assert {n for n, m in METHODS.items() if m.task == "open"} == {"bm25", "hpo-sim", "rerank", "self-ask-open",
+                                                                    "rag-open"}
     assert get_method("rerank", task="open").in_loop and "rerank" not in llm_methods()
     with pytest.raises(ConfigError, match="'hpo-sim' is an open method"):
         build_config(EvalConfig, {"method": "hpo-sim", "out": "x"})
@@ -244,3 +245,80 @@ def test_a_jsonl_of_cases_ranks_like_its_phenopackets_and_plain_questions_are_re
     plain = Path(__file__).parent / "fixtures" / "sources" / "normalized.jsonl"
     with pytest.raises(ConfigError, match=r"needs cases with a gold disease id .*: n-2 has none"):
         run_open_eval("hpo-sim", f"jsonl:{plain}", tmp_path / "c", progress=False, hpo=hpo)
+
+
+def test_names_are_normalized_to_disease_ids_by_counted_routes():
+    """Exact (case and punctuation aside, a trained "(B)" tail dropped), the same words reordered (OMIM's inverted
+    names), then BM25 over the names; nothing to read or no shared word is a counted failure, never a guess."""
+    from medr1.data.hpo import load_hpo
+    from medr1.open_diagnosis import NameNormalizer
+
+    hpo = load_hpo()
+    norm = NameNormalizer(hpo, {"OMIM"})
+    assert hpo.diseases["OMIM:107640"].name == "Apnea, central sleep"
+    assert norm("marfan SYNDROME") == ("OMIM:154700", "exact name")
+    assert norm("Marfan syndrome (B)") == ("OMIM:154700", "exact name")
+    assert norm("central sleep apnea") == ("OMIM:107640", "reordered name")
+    assert norm("Marfan disease") == ("OMIM:154700", "name retrieval")
+    assert all(d.startswith("OMIM:") for d in norm.ids)  # Orphanet twins are not candidates for OMIM-coded cases
+    assert norm(None) == (None, "no answer") and norm("  (C) ") == (None, "no answer")
+    assert norm("qwzx blorft") == (None, "no name shares a word")
+
+
+class NameTheDiagnosis:
+    """A scripted `medr1.evaluate.Generator` for option-less cases: names the diagnosis in `answers` (case text ->
+    name), or writes no answer; it records what it was asked."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers, self.prompts = answers, []
+
+    def prompt_ids(self, loaded, messages):
+        self.prompts.append(messages[-1]["content"])
+        return [len(self.prompts) - 1]
+
+    def backend(self, loaded, kind):
+        return None
+
+    def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0):
+        from types import SimpleNamespace
+
+        out = []
+        for (pid,) in prompts:
+            name = next((n for case, n in self.answers.items() if case in self.prompts[pid]), None)
+            text = f"<think>fits</think><answer>{name}</answer>" if name else "<think>unsure"
+            out.append(SimpleNamespace(text=text, queries=[], retrieved_doc_ids=[], retrieved_titles=[],
+                                       finish_reason="answer" if name else "budget", tool_errors=0, n_generated=3,
+                                       turns=1))
+        return out
+
+
+def test_self_ask_open_names_the_diagnosis_and_is_scored_top_1_only(tmp_path):
+    """The model sees each case without options; a right name is top-1, a wrong one or none is a miss, the routes
+    are counted, the table has no top-3/top-10/MRR, and compare pairs it with a ranker at top-1 only."""
+    from medr1.data.hpo import load_hpo
+    from medr1.evaluate import EvalConfig
+    from medr1.open_diagnosis import run_open_eval
+    from medr1.report import compare_evals
+
+    hpo = load_hpo()
+    data = f"phenopackets:{FIXTURE}"
+    plain = run_open_eval("hpo-sim", data, tmp_path / "plain", progress=False, hpo=hpo)
+    cases = [json.loads(line) for line in (tmp_path / "plain" / "samples.jsonl").open()]
+    marfan = next(r for r in cases if r["gold"] == "OMIM:154700")
+    other = next(r for r in cases if r["gold"] != "OMIM:154700")
+    gen = NameTheDiagnosis({"ectopia lentis": "Syndrome, Marfan (A)"})
+    cfg = EvalConfig(method="self-ask", out="ignored", max_new_tokens_per_turn=8, max_total_tokens=8, data=data)
+    got = run_open_eval("self-ask-open", data, tmp_path / "named", progress=False, hpo=hpo, eval_cfg=cfg,
+                        loaded=object(), generator=gen, retriever=object())
+    assert all("Options:" not in p and "What is the most likely diagnosis?" in p for p in gen.prompts)
+    records = {r["id"]: r for r in (json.loads(line) for line in (tmp_path / "named" / "samples.jsonl").open())}
+    assert records[marfan["id"]]["rank"] == 1 and records[marfan["id"]]["route"] == "reordered name"
+    assert records[other["id"]]["rank"] is None and records[other["id"]]["route"] == "no answer"
+    assert got["single_answer"] and got["answered_by"] == "self-ask" and got["model_eval"] == "answers"
+    assert got["normalized"] == {"exact name": 0, "reordered name": 1, "name retrieval": 0, "no answer": 1,
+                                 "no name shares a word": 0}
+    assert got["subsets"]["disease in KB"]["top1"] == 0.5 and "| — | — | — |" in got["table"]
+    assert len((tmp_path / "named" / "answers" / "samples.jsonl").read_text().splitlines()) == 2
+    text = compare_evals(tmp_path / "named", tmp_path / "plain")
+    assert "top-1" in text and "top-10" not in text
+    assert plain["namespaces"] == got["namespaces"] == ["OMIM"]

