@@ -343,7 +343,7 @@ def test_real_stages_on_a_tiny_setup(tmp_path, monkeypatch) -> None:
         json.dumps({"id": c["id"], "title": c["title"], "content": c["text"]}) + "\n" for c in chunks))
     summary = pl.run_pipeline(recipe, progress=False)
     assert statuses(summary) == ["ran", "ran", "ran", "ran", "disabled", "disabled", "disabled", "disabled",
-                                 "disabled", "disabled", "ran"]
+                                 "disabled", "disabled", "disabled", "ran"]
     run_dir = tmp_path / "runs" / "t"
     datasets = json.loads((run_dir / "benchmark" / "datasets.json").read_text())
     assert [(d["key"], d["status"]) for d in datasets] == [("hpo-dx-test", "ok"), ("mirage-medqa", "unavailable")]
@@ -356,6 +356,44 @@ def test_real_stages_on_a_tiny_setup(tmp_path, monkeypatch) -> None:
     assert "MIRAGE medqa: not run (mirage:medqa@/nonexistent/benchmark.json: file not found" in md
     again = pl.run_pipeline(recipe, progress=False)
     assert statuses(again)[:4] == ["skipped"] * 4 and statuses(again)[-1] == "ran"
+
+
+def test_the_open_stage_ranks_and_names_the_run_s_real_patients(tmp_path, monkeypatch) -> None:
+    """run.open_methods: a ranker once and an LLM open method with the untrained model (no SFT here) on the run's
+    phenopacket sample; the report gets the open table (unseen publication first) and the paired top-1 line."""
+    monkeypatch.setenv("MEDR1_HOME", str(tmp_path / "home"))
+    fixture = Path(__file__).parent / "fixtures" / "phenopackets"
+    recipe = write_recipe(
+        tmp_path,
+        run={"model": "tiny-random-llama", "datasets": [f"phenopackets:{fixture}"], "baselines": ["bm25-ranker"],
+             "sft": False, "grpo": False, "grpo_cot": False, "open_methods": ["bm25", "self-ask-open"]},
+        data={"corpus": f"jsonl:{tmp_path / 'chunks.jsonl'}", "hpo_dx_train": 5, "hpo_dx_dev": 2, "hpo_dx_test": 6},
+        rollout={"max_new_tokens_per_turn": 8, "max_total_tokens": 16, "answer_tokens": 4},
+        eval={"device": "cpu", "batch_size": 4},
+    )
+    chunks = [json.loads(line) for line in FIXTURE_DOCS.read_text().splitlines() if line.strip()]
+    (tmp_path / "chunks.jsonl").write_text("".join(
+        json.dumps({"id": c["id"], "title": c["title"], "content": c["text"]}) + "\n" for c in chunks))
+    summary = pl.run_pipeline(recipe, progress=False)
+    by_stage = {s["stage"]: s["status"] for s in summary["stages"]}
+    assert by_stage["open"] == "ran" and by_stage["sft"] == "disabled"
+    run_dir = tmp_path / "runs" / "t"
+    named = json.loads((run_dir / "open" / "baseline-self-ask-open" / "phenopackets-phenopackets" / "metrics.json").read_text())
+    assert named["single_answer"] and sum(named["normalized"].values()) == 2  # both fixture cases, each counted
+    cfg = yaml.safe_load((run_dir / "open" / "baseline-self-ask-open" / "phenopackets-phenopackets" / "answers" /
+                          "config.yaml").read_text())
+    assert (cfg["max_total_tokens"], cfg["answer_tokens"], cfg["method"]) == (16, 4, "self-ask")  # the one budget
+    ranked = json.loads((run_dir / "open" / "bm25" / "phenopackets-phenopackets" / "metrics.json").read_text())
+    assert ranked["subsets"]["disease in KB"]["n"] == 2 and ranked["method"] == "bm25"
+    md = (run_dir / "report.md").read_text()
+    assert "## Open-ended diagnosis of the real patients" in md
+    assert "| method | dataset | unseen-publication (n) | seen-publication (n)" in md
+    assert "| bm25 | phenopackets-phenopackets | not run (0) |" in md  # the fixture cases cite no publication
+    assert "| baseline self-ask-open | phenopackets-phenopackets | " in md
+    assert "phenopackets-phenopackets: baseline self-ask-open − bm25, top-1: all " in md
+    assert "baseline self-ask-open named diagnoses normalized by route: exact name" in md
+    again = pl.run_pipeline(recipe, progress=False)
+    assert {s["stage"]: s["status"] for s in again["stages"]}["open"] == "skipped"
 
 
 @pytest.mark.slow

@@ -43,12 +43,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from medr1.tags import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, strip_information
+from medr1.tags import ANSWER_CLOSE, ANSWER_OPEN, ANSWER_RE, TAG_RE, THINK_CLOSE, THINK_OPEN, strip_information
 
-_ANSWER_SPAN_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
 _OPEN_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*)\Z", re.S)
 _THINK_BLOCK_RE = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE), re.S)
-_TAG_RE = re.compile(r"</?(?:think|search|information|answer)>")
 _WRAP_CHARS = " \t\r\n*_`\"'()[]{}.:;,!"
 
 
@@ -113,7 +111,7 @@ def _letter_in_span(span: str, letters: str, options: dict[str, str] | None) -> 
 
 def answer_span(text: str) -> str | None:
     """The content of the last answer span (complete, or unclosed at the end), stripped; None if there is none."""
-    spans = _ANSWER_SPAN_RE.findall(text)
+    spans = ANSWER_RE.findall(text)
     tail_start = text.rfind(ANSWER_OPEN)
     # An unclosed <answer> after the last complete one wins: it is the model's latest commitment.
     if tail_start != -1 and ANSWER_CLOSE not in text[tail_start:]:
@@ -146,7 +144,7 @@ def extract_answer(text: str, letters: Iterable[str], options: dict[str, str] | 
     )
     if fallback:
         return fallback[-1]
-    bare = _TAG_RE.sub(" ", _THINK_BLOCK_RE.sub(" ", own))
+    bare = TAG_RE.sub(" ", _THINK_BLOCK_RE.sub(" ", own))
     if (found := _lone_letter(bare, letters)) is not None:
         return found
     m = re.search(_leading_letter_pattern(letters), bare)
@@ -162,11 +160,11 @@ def extract_answer_text(text: str) -> str | None:
 def reasoning_text(completion: str) -> str:
     """The model's own reasoning: `<information>` blocks and the answer span(s) removed, tags dropped, spaces joined."""
     own = strip_information(completion)
-    own = _ANSWER_SPAN_RE.sub(" ", own)
+    own = ANSWER_RE.sub(" ", own)
     tail = own.rfind(ANSWER_OPEN)
     if tail != -1:
         own = own[:tail]
-    return " ".join(_TAG_RE.sub(" ", own).split())
+    return " ".join(TAG_RE.sub(" ", own).split())
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -20,6 +20,8 @@ Stages, in order, each writing into `runs/<name>/<stage>/`:
     grpo-cot       GRPO without retrieval (cot prompts): H2's comparison arm, same section and budget
     eval-grpo      the GRPO+RAG model with self-ask
     eval-grpo-cot  the GRPO (no retrieval) model with cot
+    open           open-ended diagnosis of the run's real patients (`run.open_methods`: bm25, hpo-sim rank every
+                   disease; self-ask-open, rag-open, rerank with the untrained and the SFT model), open/<row>/<key>/
     report         report.md and report.html in runs/<name>/ (always rebuilt; `medr1 report RUN_DIR` does the same)
 
 Evaluations write `<stage>/<method>/<dataset key>/{metrics.json,samples.jsonl,config.yaml}` (medr1.evaluate).
@@ -98,12 +100,17 @@ class RunConfig:
     grpo: bool = True  # GRPO with retrieval (GRPO+RAG row)
     grpo_cot: bool = True  # GRPO without retrieval (GRPO row, H2's comparison arm)
     exemplars: int = 4  # traces shown in the report
+    # open-ended diagnosis of the run's real-patient sample (stage `open`): rankers once, LLM open methods
+    # (self-ask-open, rag-open, rerank) with the untrained model and, when SFT ran, the SFT model
+    open_methods: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
             raise ConfigError(f"run.name must be letters, digits, '.', '_' or '-', got {self.name!r}")
         for m in self.baselines:
             get_method(m, "run.baselines")
+        for m in self.open_methods:
+            get_method(m, "run.open_methods", task="open")
         if not self.datasets:
             raise ConfigError("run.datasets is empty: name at least one dataset, e.g. [hpo-dx:test]")
         if self.max_questions is not None and self.max_questions < 1:
@@ -653,6 +660,72 @@ def execute_grpo(ctx: StageContext) -> dict[str, Any]:
     return _training_outputs(summary, ctx.dir)
 
 
+# --- open-ended diagnosis of the real patients -----------------------------------------------------------------------
+
+OPEN_MODELS = (("base", "baseline"), ("sft", "SFT"))  # (model source, row prefix) of an LLM open method
+
+
+def open_rows(plan: Plan, inputs: dict) -> list[tuple[str, str, str]]:
+    """(row label, method, model source or "") for `run.open_methods`: a ranker once, an LLM method per model."""
+    rows = []
+    for method in plan.run.open_methods:
+        if not get_method(method, task="open").llm:
+            rows.append((method, method, ""))
+            continue
+        rows += [(f"{prefix} {method}", method, source) for source, prefix in OPEN_MODELS
+                 if source == "base" or source in inputs]
+    return rows
+
+
+def configure_open(plan: Plan, inputs: dict) -> dict[str, Any]:
+    """One open-eval per (row, real-patient dataset of the run); an LLM row carries its EvalConfig (the recipe's
+    eval section and budget; rerank answers by self-ask)."""
+    from medr1.evaluate import EvalConfig
+
+    configs: dict[str, Any] = {}
+    for entry in inputs["benchmark"]["datasets"]:
+        if entry["status"] != "ok" or not str(entry["spec"]).startswith("phenopackets"):
+            continue
+        data = f"jsonl:{entry['path']}"
+        for label, method, source in open_rows(plan, inputs):
+            out = plan.stage_dir("open") / label.replace(" ", "-") / entry["key"]
+            config: dict[str, Any] = {"label": label, "method": method, "data": data, "out": str(out)}
+            if source:
+                model = plan.run.model if source == "base" else inputs[source]["final_model"]
+                config["eval"] = plan.section_config(EvalConfig, "eval", {
+                    "model": model, "method": "self-ask", "data": data, "seed": plan.run.seed,
+                    "out": str(out / "model"), "index": inputs["index"]["index_dir"]})
+            configs[f"{label}/{entry['key']}"] = config
+    return configs
+
+
+def execute_open(ctx: StageContext) -> dict[str, Any]:
+    """Every open-eval of the stage: one HPO, one retriever, one model load per model."""
+    from medr1.data.hpo import load_hpo
+    from medr1.data.phenopackets import UNSEEN
+    from medr1.models import load_model
+    from medr1.open_diagnosis import run_open_eval
+    from medr1.retrieval import open_retriever
+
+    hpo = load_hpo()
+    retriever = open_retriever(ctx.inputs["index"]["index_dir"])
+    models: dict[str, Any] = {}
+    evals = []
+    for key, config in ctx.configs.items():
+        cfg = config.get("eval")
+        if cfg is not None and cfg.model not in models:
+            models.clear()  # one model in memory at a time
+            models[cfg.model] = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=ctx.plan.run.seed)
+        _say(f"  open: {key}")
+        metrics = run_open_eval(config["method"], config["data"], config["out"], progress=ctx.plan.progress,
+                                hpo=hpo, retriever=retriever, eval_cfg=cfg,
+                                loaded=models.get(cfg.model) if cfg is not None else None)
+        top1 = (metrics["subsets"].get(UNSEEN) or {}).get("top1")
+        _say(f"  open: {key}: top-1 {_pct(top1)} on the unseen-publication cases")
+        evals.append({"key": key, "label": config["label"], "method": config["method"], "out": config["out"]})
+    return {"evals": evals, "paths": [str(Path(e["out"]) / "metrics.json") for e in evals]}
+
+
 # --- report ----------------------------------------------------------------------------------------------------------
 
 
@@ -692,6 +765,8 @@ def default_stages() -> list[Stage]:
               lambda p: p.run.grpo),
         Stage("eval-grpo-cot", ("grpo-cot", "index", "benchmark"), configure_eval("eval-grpo-cot"), execute_eval,
               lambda p: p.run.grpo_cot),
+        Stage("open", ("sft", "index", "benchmark"), configure_open, execute_open,
+              lambda p: bool(p.run.open_methods)),
         Stage("report", (), configure_report, execute_report, always=True),
     ]
 

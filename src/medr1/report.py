@@ -74,6 +74,7 @@ class RunArtifacts:
     run_summary: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     recipe_text: str | None = None
+    opens: list[dict[str, Any]] = field(default_factory=list)  # open/ evals: label, key, metrics, samples
 
 
 def _read_json(path: Path) -> Any:
@@ -113,6 +114,11 @@ def load_artifacts(run_dir: str | Path) -> RunArtifacts:
         done = _read_json(run_dir / stage / "done.json")
         if isinstance(done, dict):
             art.stages[stage] = done
+    for e in (art.stages.get("open") or {}).get("outputs", {}).get("evals", []):
+        metrics = _read_json(Path(e["out"]) / "metrics.json")
+        if isinstance(metrics, dict):
+            art.opens.append({**e, "dataset": e["key"].rsplit("/", 1)[-1], "metrics": metrics,
+                              "samples": read_jsonl_tolerant(Path(e["out"]) / "samples.jsonl")})
     art.run_summary = _read_json(run_dir / "run.json") or {}
     art.provenance = _read_json(run_dir / "provenance.json") or {}
     recipe = run_dir / "recipe.yaml"
@@ -692,6 +698,57 @@ def timing_rows(art: RunArtifacts) -> list[tuple[str, str, str]]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+# --- open-ended diagnosis (stage `open`) ------------------------------------------------------------------------------
+
+OPEN_SUBSETS = ("unseen-publication", "seen-publication", "disease in KB", "all cases")  # open_diagnosis's, headline first
+
+
+def open_cell(sub: dict[str, Any] | None, single: bool) -> str:
+    """`top-1 11.4% [9.8–13.3]; top-10 35.4%` of one subset (top-1 only for a single-answer method)."""
+    if not sub or not sub.get("n"):
+        return NOT_RUN
+    lo, hi = sub["top1_ci"]
+    text = f"top-1 {100 * sub['top1']:.1f}% [{100 * lo:.1f}–{100 * hi:.1f}]"
+    return text if single else f"{text}; top-10 {100 * sub['top10']:.1f}%"
+
+
+def open_table(opens: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Rows = open methods (per real-patient dataset), columns = the subsets, unseen publication first."""
+    header = ["method", "dataset", *(f"{name} (n)" for name in OPEN_SUBSETS)]
+    body = []
+    for e in opens:
+        subsets, single = e["metrics"].get("subsets", {}), bool(e["metrics"].get("single_answer"))
+        body.append([e["label"], e["dataset"], *(f"{open_cell(subsets.get(n), single)} ({(subsets.get(n) or {}).get('n', 0)})"
+                                                for n in OPEN_SUBSETS)])
+    return header, body
+
+
+def open_notes(opens: Sequence[dict[str, Any]]) -> list[str]:
+    """Paired top-1 comparisons on the same cases: every LLM row against the best ranker (by unseen-publication
+    top-1) and the SFT row against the untrained one; how the named diagnoses were normalized."""
+    from medr1.stats import align, paired_difference
+
+    lines = []
+    for dataset in dict.fromkeys(e["dataset"] for e in opens):
+        rows = [e for e in opens if e["dataset"] == dataset]
+        rankers = [e for e in rows if not get_method(e["method"], task="open").llm]
+        best = max(rankers, key=lambda e: (e["metrics"]["subsets"].get(OPEN_SUBSETS[0]) or {}).get("top1", 0), default=None)
+        pairs = [(e, best) for e in rows if best is not None and e is not best and e not in rankers]
+        pairs += [(e, b) for e in rows for b in rows if e["label"].startswith("SFT ")
+                  and b["label"] == "baseline " + e["label"].removeprefix("SFT ")]
+        for a, b in pairs:
+            sa, sb = ranked_within(a["samples"], 1), ranked_within(b["samples"], 1)
+            _, x, y = align(sa, sb, (a["label"], b["label"]))
+            parts = [f"all {paired_difference(x, y).text()}"]
+            parts += [f"{name} {paired_difference(*pair).text()}" for name, pair in subset_pairs(sa, sb).items()]
+            lines.append(f"{dataset}: {a['label']} − {b['label']}, top-1: " + "; ".join(parts))
+        for e in rows:
+            if e["metrics"].get("normalized"):
+                routes = ", ".join(f"{k} {v}" for k, v in e["metrics"]["normalized"].items())
+                lines.append(f"{dataset}: {e['label']} named diagnoses normalized by route: {routes}")
+    return lines
+
+
 @dataclass
 class ReportContent:
     title: str
@@ -709,6 +766,9 @@ class ReportContent:
     provenance: list[tuple[str, str]]
     timings: list[tuple[str, str, str]]
     recipe_text: str | None
+    open_header: list[str] = field(default_factory=list)
+    open_body: list[list[str]] = field(default_factory=list)
+    open_notes: list[str] = field(default_factory=list)
 
 
 def rl_reference(art: RunArtifacts) -> str:
@@ -750,7 +810,8 @@ def build_content(art: RunArtifacts, exemplars: int = 4) -> ReportContent:
         title=f"medr1 run report: {name}", table_header=header, table_body=body, detail_header=d_header,
         detail_body=d_body, notes=notes, h1=h1, h2=h2, figures=training_figures(art.curves),
         exemplar_source=source, exemplar_dataset=ds_title, exemplars=traces, provenance=provenance_rows(art),
-        timings=timing_rows(art), recipe_text=art.recipe_text,
+        timings=timing_rows(art), recipe_text=art.recipe_text, open_header=open_table(art.opens)[0],
+        open_body=open_table(art.opens)[1], open_notes=open_notes(art.opens),
     )
 
 
@@ -769,6 +830,12 @@ LEGEND = ("Cells: accuracy [95% Wilson interval] in percent; BLEU (sacrebleu, 0�
           "dataset produced no results.")
 
 
+OPEN_LEGEND = ("Every disease ranked (rankers) or one diagnosis named by the model and normalized to a disease id "
+               "(*-open: top-1 only); rerank: the model picks among a ranker's top k. Top-k with its 95% Wilson "
+               "interval; the unseen-publication subset (HPO did not curate the disease from the patient's paper) "
+               "is the honest figure. Comparisons are paired on the same cases (Newcombe's interval, McNemar's p).")
+
+
 def render_markdown(c: ReportContent, art: RunArtifacts, image_paths: dict[str, str]) -> str:
     out = [f"# {c.title}", "", "## Comparison", "", markdown_table(c.table_header, c.table_body), "", LEGEND, ""]
     out += [f"- {n}" for n in c.notes] + ([""] if c.notes else [])
@@ -777,6 +844,10 @@ def render_markdown(c: ReportContent, art: RunArtifacts, image_paths: dict[str, 
     out += ["", "H2: retrieval makes RL more effective (the RL gain with retrieval exceeds the gain without it). "
             + h2_definition(art), ""]
     out += [f"- {s}" for s in c.h2] or [f"- {NOT_RUN}"]
+    if c.open_body:
+        out += ["", "## Open-ended diagnosis of the real patients", "", OPEN_LEGEND, "",
+                markdown_table(c.open_header, c.open_body), ""]
+        out += [f"- {n}" for n in c.open_notes]
     out += ["", "## Training curves", ""]
     if c.figures:
         out += [f"![{name}]({image_paths[name]})" for name in c.figures]
@@ -867,7 +938,12 @@ def render_html(c: ReportContent, art: RunArtifacts) -> str:
               f"<p>H2: retrieval makes RL more effective (the RL gain with retrieval exceeds the gain without it). "
               f"{e(h2_definition(art))}</p>",
               '<ul class="hyp">' + "".join(f"<li>{_md_inline(s)}</li>" for s in c.h2 or [NOT_RUN]) + "</ul>",
-              "<h2>Training curves</h2>"]
+              ]
+    if c.open_body:
+        parts += ["<h2>Open-ended diagnosis of the real patients</h2>", f'<p class="legend">{e(OPEN_LEGEND)}</p>',
+                  _html_table(c.open_header, c.open_body, "open"),
+                  '<ul class="hyp">' + "".join(f"<li>{e(n)}</li>" for n in c.open_notes) + "</ul>"]
+    parts.append("<h2>Training curves</h2>")
     if c.figures:
         for name, png in c.figures.items():
             data = base64.b64encode(png).decode("ascii")

@@ -17,7 +17,7 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 STOP_STRINGS = (SEARCH_CLOSE, ANSWER_CLOSE)
 
 _SEARCH_RE = re.compile(re.escape(SEARCH_OPEN) + r"(.*?)" + re.escape(SEARCH_CLOSE), re.S)
-_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
+ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
 TAG_RE = re.compile(r"</?(think|search|information|answer)>")  # any protocol tag; group 1 = its name
 _INFO_RE = re.compile(re.escape(INFO_OPEN) + r".*?" + re.escape(INFO_CLOSE), re.S)
 
@@ -33,7 +33,7 @@ def search_queries(text: str) -> list[str]:
 
 
 def answer_spans(text: str) -> list[str]:
-    return [a.strip() for a in _ANSWER_RE.findall(text)]
+    return [a.strip() for a in ANSWER_RE.findall(text)]
 
 
 def strip_information(text: str) -> str:
