@@ -315,3 +315,36 @@ def test_a_forced_answer_is_trained_on_but_earns_no_correctness(tiny_llama):
                               option_texts=[options]) == [0.0]
     written = tok.decode(own + forced + answer)
     assert correctness_reward([written], answer=["B"], letters=["ABCD"], option_texts=[options]) == [1.0]
+
+
+def test_open_prompts_are_option_less_rows_rewarded_by_the_normalized_name(tmp_path):
+    """open_prompts: questions after train_limit become rows without options (gold_id set, no gold letter); the
+    open_correctness reward normalizes the named diagnosis (an Orphanet twin of the same name counts), correctness
+    leaves the open rows out (None) and format accepts a named answer on them."""
+    import dataclasses
+
+    from medr1.data.hpo import load_hpo
+    from medr1.errors import ConfigError
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(dataclasses.replace(question(i), gold_doc_ids=["OMIM:154700"]).to_dict())
+                            + "\n" for i in range(6)))
+    rewards = dict(rewards=["correctness", "format", "open_correctness"], reward_weights=[1.0, 0.2, 1.0])
+    cfg = tiny_cfg(tmp_path, f"jsonl:{path}", train_limit=4, open_prompts=2, **rewards)
+    rows, report = grpo.build_rows(cfg)
+    assert len(rows) == 6 and report[f"jsonl:{path}"]["open_prompts"] == 2
+    choice, opened = rows[:4], rows[4:]
+    assert all(r["gold_id"] is None and r["answer"] in "ABCD" for r in choice)
+    assert all(r["gold_id"] == "OMIM:154700" and r["answer"] is None and r["letters"] == "" for r in opened)
+    assert all("Options:" not in r["prompt"][-1]["content"] for r in opened)
+    correctness, fmt, open_correct = grpo.reward_funcs(cfg)
+    named = ["<think>fits</think>\n<answer>Marfan syndrome</answer>", "<think>fits</think>\n<answer>Stickler</answer>",
+             "<think>fits</think>\n<answer>B</answer>"]
+    cols = dict(letters=["", "", "ABCD"], option_texts=[[], [], opened[0]["option_texts"] or choice[0]["option_texts"]])
+    assert open_correct(named, gold_id=["OMIM:154700", "OMIM:154700", None], **cols) == [1.0, 0.0, None]
+    assert correctness(named, answer=[None, None, "B"], **cols) == [None, None, 1.0]
+    assert fmt(named, **cols) == [1.0, 1.0, 1.0]
+    assert load_hpo().diseases["ORPHA:558"].name == "Marfan syndrome"
+    assert open_correct(named[:1], gold_id=["ORPHA:558"], letters=[""], option_texts=[[]]) == [1.0]  # the twin
+    with pytest.raises(ConfigError, match="open_prompts needs the open_correctness reward"):
+        tiny_cfg(tmp_path, f"jsonl:{path}", open_prompts=2)

@@ -38,7 +38,7 @@ EXTRACT_CASES = [
     ("<answer>LETTER</answer>", None),  # committed but unreadable: no fallback
     ("<answer>E</answer>", None),  # not an option letter
     ("<answer>Because of the lens</answer>", None),  # 'B' inside a word is not a letter
-    ("<answer></answer> The answer is A", None),  # empty committed span
+    ("<answer></answer> The answer is A", "A"),  # an empty span commits to nothing: the fallbacks read on
     ("So the answer is B.", "B"),  # 3a
     ("answer: C", "C"),  # 3a
     ('{"answer_choice": "D"}', "D"),  # 3a MIRAGE JSON
@@ -235,3 +235,15 @@ def test_option_text_with_its_letter_beside_it(span, want):
 
     options = {"A": "Homocystinuria", "B": "Marfan syndrome", "C": "Stickler syndrome", "D": "Ehlers-Danlos syndrome"}
     assert tagged_answer(f"<answer>{span}</answer>", "ABCD", options) == want
+
+
+def test_an_empty_forced_answer_leaves_the_reply_to_the_fallbacks() -> None:
+    """The environment's forced `<answer>` left blank is no commitment: the untagged statement before it is read;
+    a non-empty span still decides alone."""
+    from medr1.metrics import extract_answer
+
+    cut = "<think>Step 9: the answer is C. Marfan syndrome.\nStep 10: check</think>\n<answer>"
+    assert extract_answer(cut, "ABCD") == "C"
+    assert extract_answer(cut + "</answer>", "ABCD") == "C"
+    assert extract_answer(cut + "B</answer>", "ABCD") == "B"
+    assert extract_answer(cut + "no idea</answer>", "ABCD") is None

@@ -170,3 +170,22 @@ def test_smollm2_conversion_then_fast_load(monkeypatch, tmp_path) -> None:
     ids = chat_prompt_ids(loaded, [{"role": "user", "content": "What is the capital of France?"}])
     out = HFBackend.from_loaded(loaded).generate([ids], 12)[0]
     assert "Paris" in loaded.tokenizer.decode(out.token_ids)
+
+
+def test_bf16_falls_back_to_float32_on_a_cpu_without_native_bf16(monkeypatch, tiny_llama_dir, capsys) -> None:
+    """Emulated bf16 is ~100x slower than fp32 on an AVX2-only CPU: weights load in fp32 and training autocast is
+    switched off there, with one note; a CPU with AVX512-BF16/AMX keeps bf16."""
+    import torch
+
+    from medr1.train.sft import SFTConfig
+
+    monkeypatch.setattr(models, "_BF16_NOTED", [])
+    monkeypatch.setattr(models, "cpu_bf16_native", lambda: False)
+    loaded = models.load_model(str(tiny_llama_dir), device="cpu", dtype="bfloat16")
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    assert SFTConfig(device="cpu", trl={"bf16": True}).trl_kwargs()["bf16"] is False
+    assert capsys.readouterr().err.count("no native bf16") == 1
+    monkeypatch.setattr(models, "cpu_bf16_native", lambda: True)
+    loaded = models.load_model(str(tiny_llama_dir), device="cpu", dtype="bfloat16")
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    assert SFTConfig(device="cpu", trl={"bf16": True}).trl_kwargs()["bf16"] is True

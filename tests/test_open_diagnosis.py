@@ -152,12 +152,12 @@ def test_open_and_choice_methods_are_told_apart_by_the_method_table():
         get_method("self-ask", "open-eval --method", task="open")
 
 
-class PickByName:
-    """A scripted `medr1.evaluate.Generator`: answers the letter of the option named in `names`, else the last
-    letter (`fallback`) or no letter at all."""
+class ScriptedGenerator:
+    """A scripted `medr1.evaluate.Generator`: records each prompt and answers it with `reply(prompt)` (a completion
+    text, or None for a reply the budget cut off)."""
 
-    def __init__(self, names: set[str], fallback: bool = True) -> None:
-        self.names, self.prompts, self.fallback = names, [], fallback
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
 
     def prompt_ids(self, loaded, messages):
         self.prompts.append(messages[-1]["content"])
@@ -166,18 +166,33 @@ class PickByName:
     def backend(self, loaded, kind):
         return None
 
+    def reply(self, prompt: str) -> str | None:
+        raise NotImplementedError
+
     def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0):
         from types import SimpleNamespace
 
         out = []
         for (pid,) in prompts:
-            options = [line for line in self.prompts[pid].splitlines() if line[1:3] == ". "]
-            letter = next((line[0] for line in options if line[3:] in self.names),
-                          options[-1][0] if self.fallback else None)
-            text = f"<answer>{letter}</answer>" if letter else "<answer>I cannot tell</answer>"
-            out.append(SimpleNamespace(text=text, queries=[], retrieved_doc_ids=[], retrieved_titles=[],
-                                       finish_reason="answer", tool_errors=0, n_generated=3, turns=1))
+            text = self.reply(self.prompts[pid])
+            out.append(SimpleNamespace(text=text or "<think>unsure", queries=[], retrieved_doc_ids=[],
+                                       retrieved_titles=[], finish_reason="answer" if text else "budget",
+                                       tool_errors=0, n_generated=3, turns=1))
         return out
+
+
+class PickByName(ScriptedGenerator):
+    """Answers the letter of the option named in `names`, else the last letter (`fallback`) or no letter at all."""
+
+    def __init__(self, names: set[str], fallback: bool = True) -> None:
+        super().__init__()
+        self.names, self.fallback = names, fallback
+
+    def reply(self, prompt: str) -> str:
+        options = [line for line in prompt.splitlines() if line[1:3] == ". "]
+        letter = next((line[0] for line in options if line[3:] in self.names),
+                      options[-1][0] if self.fallback else None)
+        return f"<answer>{letter}</answer>" if letter else "<answer>I cannot tell</answer>"
 
 
 def test_rerank_on_the_fixture_phenopackets(tmp_path):
@@ -265,31 +280,16 @@ def test_names_are_normalized_to_disease_ids_by_counted_routes():
     assert norm("qwzx blorft") == (None, "no name shares a word")
 
 
-class NameTheDiagnosis:
-    """A scripted `medr1.evaluate.Generator` for option-less cases: names the diagnosis in `answers` (case text ->
-    name), or writes no answer; it records what it was asked."""
+class NameTheDiagnosis(ScriptedGenerator):
+    """For option-less cases: names the diagnosis of `answers` (a case phrase -> name), else writes no answer."""
 
     def __init__(self, answers: dict[str, str]) -> None:
-        self.answers, self.prompts = answers, []
+        super().__init__()
+        self.answers = answers
 
-    def prompt_ids(self, loaded, messages):
-        self.prompts.append(messages[-1]["content"])
-        return [len(self.prompts) - 1]
-
-    def backend(self, loaded, kind):
-        return None
-
-    def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0):
-        from types import SimpleNamespace
-
-        out = []
-        for (pid,) in prompts:
-            name = next((n for case, n in self.answers.items() if case in self.prompts[pid]), None)
-            text = f"<think>fits</think><answer>{name}</answer>" if name else "<think>unsure"
-            out.append(SimpleNamespace(text=text, queries=[], retrieved_doc_ids=[], retrieved_titles=[],
-                                       finish_reason="answer" if name else "budget", tool_errors=0, n_generated=3,
-                                       turns=1))
-        return out
+    def reply(self, prompt: str) -> str | None:
+        name = next((n for case, n in self.answers.items() if case in prompt), None)
+        return f"<think>fits</think><answer>{name}</answer>" if name else None
 
 
 def test_self_ask_open_names_the_diagnosis_and_is_scored_top_1_only(tmp_path):

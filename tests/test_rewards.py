@@ -150,3 +150,28 @@ def test_build_reward_funcs_names():
 
     with pytest.raises(ConfigError, match="unknown reward"):
         build_reward_funcs(["length"])
+
+
+def test_open_correctness_on_a_table_of_names():
+    """A scripted normalizer: the reward is 1 only for a name that maps to the gold, None on rows without a gold."""
+    from medr1.train.rewards import make_open_correctness
+
+    class Names:
+        table = {"marfan syndrome": "OMIM:154700", "stickler syndrome": "OMIM:108300"}
+
+        def __call__(self, answer):
+            did = self.table.get((answer or "").lower())
+            return did, "exact name" if did else "no name shares a word"
+
+        def same_disease(self, a, b):
+            return a is not None and a == b
+
+    reward = make_open_correctness(Names())
+    texts = ["<answer>Marfan syndrome</answer>", "<answer>Stickler syndrome</answer>", "no answer at all",
+             "<answer>Marfan syndrome</answer>"]
+    assert reward(texts, gold_id=["OMIM:154700", "OMIM:154700", "OMIM:154700", None]) == [1.0, 0.0, 0.0, None]
+    assert reward.__name__ == "open_correctness_reward"
+    with pytest.raises(Exception, match="needs a name normalizer"):
+        build_reward_funcs(["open_correctness"])
+    assert format_score("<think>x</think>\n<answer>Marfan syndrome</answer>", letters="") == 1.0
+    assert format_score("<think>x</think>\n<answer></answer>", letters="") == 0.5

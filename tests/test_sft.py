@@ -257,6 +257,42 @@ def test_built_training_sets_have_balanced_gold_letters(tmp_path):
         assert max(golds.values()) - min(golds.values()) <= 1 and len(golds) == 4, (kind, golds)
 
 
+def test_open_traces_name_the_retrieved_gold_without_options(tmp_path):
+    """open_traces: questions after the first trace_limit become option-less traces; the document cited is the
+    gold's (by id) at the rank it was inserted, the answer is its name, and no option is mentioned anywhere."""
+    from medr1.open_diagnosis import open_question
+
+    class GoldSecond:
+        def search(self, queries, k=5):
+            docs = [Document("OMIM:1", "Tall stature", "tall"), Document("OMIM:154700", "Marfan syndrome", "lens"),
+                    Document("OMIM:2", "Homocystinuria", "lens")]
+            return [[Hit(d, 1.0) for d in docs[:k]] for _ in queries]
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps(question(i).to_dict()) + "\n" for i in range(6)))
+    cfg = sft.SFTConfig(explanation_data=[], trace_data=[f"jsonl:{data}"], trace_limit=4, open_traces=2, topk=3)
+    examples, report = sft.build_examples(cfg, retriever=GoldSecond())
+    assert report["kinds"] == {"trace": 4, "open-trace": 2} and report["trace"][f"jsonl:{data}"]["open_traces"] == 2
+    assert report["answer_letters"] == {"A": 1, "B": 1, "C": 1, "D": 1}  # open traces have no letter
+    opened = [ex for ex in examples if ex.kind == "open-trace"]
+    choice_ids = {ex.id for ex in examples if ex.kind == "trace"}
+    assert len({ex.id for ex in opened}) == 2 and not choice_ids & {ex.id for ex in opened}  # other questions
+    for ex in opened:
+        prompt = ex.messages[-1]["content"]
+        assert "Options:" not in prompt and "<answer>diagnosis name</answer>" in prompt
+        assert ex.searches == 1 and ex.gold_in_results
+        info = next(seg for seg in ex.segments if seg.passages is not None)
+        assert info.passages[1].startswith("Doc 2 (Title: Marfan syndrome)")
+        last = ex.segments[-1].text
+        assert "Doc 1 (Tall stature) does not fit. Doc 2 (Marfan syndrome) matches the findings." in last
+        assert last.endswith(f"{tags.ANSWER_OPEN}Marfan syndrome{tags.ANSWER_CLOSE}") and "option" not in ex.target_text
+    bare = open_question(question(0))
+    missed = sft.build_traces([bare], TitledRetriever(["Myopia"]), sft.SFTConfig())[0]
+    assert bare.options == {} and bare.answer == "Marfan syndrome"
+    assert not missed.gold_in_results and missed.searches == 1  # no second search: there are no options to search
+    assert "No document matches the findings. Marfan syndrome fits them best." in missed.segments[-1].text
+
+
 def test_balance_letters_keeps_every_option_once():
     out = common.balance_letters([question(i) for i in range(4)])
     assert [q.answer for q in out] == ["A", "B", "C", "D"]

@@ -17,7 +17,8 @@ tag protocol as the answer field. Exactly, in order:
    e. `answer is B` / `answer: B`;
    f. it ends with a letter in parentheses: `Loeys-Dietz syndrome (C)` (a name that is no option, with a letter).
    A span that matches none of these is unparseable: the model committed to an answer we cannot read, and the
-   fallbacks below are not consulted. `tagged_answer` applies rule 2 alone; rewards pay only for it.
+   fallbacks below are not consulted. An empty span (a forced `<answer>` the model left blank) is no commitment:
+   the fallbacks read on. `tagged_answer` applies rule 2 alone; rewards pay only for it.
 3. Without any answer span, fallbacks over the model's text (MIRAGE style):
    a. the last `answer is X` / `answer: X` / `"answer_choice": "X"`;
    b. the whole text, tags and `<think>` blocks removed, is a lone letter (as in 2a);
@@ -136,7 +137,7 @@ def extract_answer(text: str, letters: Iterable[str], options: dict[str, str] | 
         return None
     own = strip_information(text)
     span = answer_span(own)
-    if span is not None:
+    if span:  # an empty span (a forced `<answer>` the model left blank) commits to nothing: the fallbacks read on
         return _letter_in_span(span, letters, options)
     cls = _letters_class(letters)
     fallback = re.findall(

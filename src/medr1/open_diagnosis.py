@@ -273,6 +273,7 @@ class NameNormalizer:
         from medr1.retrieval.bm25 import BM25Retriever
 
         self.ids = [d for d in sorted(hpo.diseases) if d.split(":")[0] in spaces]
+        self.names = {did: hpo.diseases[did].name for did in self.ids}
         self.exact: dict[str, str] = {}
         self.bag: dict[str, str] = {}
         for did in self.ids:
@@ -280,6 +281,12 @@ class NameNormalizer:
             self.bag.setdefault(word_bag(hpo.diseases[did].name), did)
         docs = [Document(did, hpo.diseases[did].name, hpo.diseases[did].name, "hpo") for did in self.ids]
         self.titles = BM25Retriever.build(docs, show_progress=False)
+
+    def same_disease(self, a: str | None, b: str | None) -> bool:
+        """One disease: the same id, or twins of two namespaces under the same name (OMIM:154700 and ORPHA:558)."""
+        if not a or not b:
+            return False
+        return a == b or (a in self.names and b in self.names and word_bag(self.names[a]) == word_bag(self.names[b]))
 
     def __call__(self, answer: str | None) -> tuple[str | None, str]:
         text = _LETTER_TAIL.sub("", answer or "").strip()
@@ -294,11 +301,13 @@ class NameNormalizer:
 
 
 def open_question(case: Question) -> Question:
-    """The case as the model sees it in the open task: no options, asked for the diagnosis by name."""
-    gold = case_gold(case)
-    return Question(id=case.id, question=case.question.replace(CHOICE_ASK, OPEN_ASK), options={},
-                    answer=str(case.meta.get("disease_name") or gold or ""), source=case.source, split=case.split,
-                    gold_doc_ids=list(case.gold_doc_ids), meta=dict(case.meta))
+    """The case as the model sees it in the open task: no options, asked for the diagnosis by name (the answer is
+    the gold disease's name: a phenopacket's `disease_name`, else the gold option's text)."""
+    name = case.meta.get("disease_name") if isinstance(case.meta, dict) else None
+    name = name or (case.options.get(case.answer) if case.options else None) or case_gold(case) or case.answer
+    return Question(id=case.id, question=case.question.replace(CHOICE_ASK, OPEN_ASK), options={}, answer=str(name),
+                    source=case.source, split=case.split, gold_doc_ids=list(case.gold_doc_ids),
+                    meta=dict(case.meta) if isinstance(case.meta, dict) else {})
 
 
 def case_gold(question: Question) -> str | None:

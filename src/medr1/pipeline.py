@@ -21,7 +21,7 @@ Stages, in order, each writing into `runs/<name>/<stage>/`:
     eval-grpo      the GRPO+RAG model with self-ask
     eval-grpo-cot  the GRPO (no retrieval) model with cot
     open           open-ended diagnosis of the run's real patients (`run.open_methods`: bm25, hpo-sim rank every
-                   disease; self-ask-open, rag-open, rerank with the untrained and the SFT model), open/<row>/<key>/
+                   disease; self-ask-open, rag-open, rerank with the untrained, SFT and GRPO models), open/<row>/<key>/
     report         report.md and report.html in runs/<name>/ (always rebuilt; `medr1 report RUN_DIR` does the same)
 
 Evaluations write `<stage>/<method>/<dataset key>/{metrics.json,samples.jsonl,config.yaml}` (medr1.evaluate).
@@ -101,7 +101,7 @@ class RunConfig:
     grpo_cot: bool = True  # GRPO without retrieval (GRPO row, H2's comparison arm)
     exemplars: int = 4  # traces shown in the report
     # open-ended diagnosis of the run's real-patient sample (stage `open`): rankers once, LLM open methods
-    # (self-ask-open, rag-open, rerank) with the untrained model and, when SFT ran, the SFT model
+    # (self-ask-open, rag-open, rerank) with the untrained model and each trained one that ran (SFT, GRPO+RAG)
     open_methods: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -662,7 +662,7 @@ def execute_grpo(ctx: StageContext) -> dict[str, Any]:
 
 # --- open-ended diagnosis of the real patients -----------------------------------------------------------------------
 
-OPEN_MODELS = (("base", "baseline"), ("sft", "SFT"))  # (model source, row prefix) of an LLM open method
+OPEN_MODELS = (("base", "baseline"), ("sft", "SFT"), ("grpo", "GRPO"))  # (model source, row prefix): LLM open rows
 
 
 def open_rows(plan: Plan, inputs: dict) -> list[tuple[str, str, str]]:
@@ -745,6 +745,7 @@ def _sft_on(plan: Plan) -> bool:
     return plan.run.sft
 
 
+OPTIONAL_DEPS = ("sft", "grpo")  # training stages a later stage reads only when they ran (GRPO from the base model)
 TRAIN_ONLY = {"benchmark": "train"}  # training reads HPO-Dx train, not the evaluation samples
 
 
@@ -765,7 +766,7 @@ def default_stages() -> list[Stage]:
               lambda p: p.run.grpo),
         Stage("eval-grpo-cot", ("grpo-cot", "index", "benchmark"), configure_eval("eval-grpo-cot"), execute_eval,
               lambda p: p.run.grpo_cot),
-        Stage("open", ("sft", "index", "benchmark"), configure_open, execute_open,
+        Stage("open", ("sft", "grpo", "index", "benchmark"), configure_open, execute_open,
               lambda p: bool(p.run.open_methods)),
         Stage("report", (), configure_report, execute_report, always=True),
     ]
@@ -901,7 +902,7 @@ def run_stage(plan: Plan, stage: Stage, outputs: dict[str, dict[str, Any]], fing
     """Skip, resume or run one stage; records its outputs and fingerprint for the stages after it."""
     t0 = time.perf_counter()
     deps = [d for d in stage.deps if d in outputs]
-    missing = [d for d in stage.deps if d not in outputs and d not in ("sft",)]
+    missing = [d for d in stage.deps if d not in outputs and d not in OPTIONAL_DEPS]
     if not stage.enabled(plan) or missing:
         why = "disabled in the recipe" if not stage.enabled(plan) else f"needs {', '.join(missing)}"
         _say(f"medr1 run: {prefix}: skipped ({why})")

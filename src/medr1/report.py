@@ -725,7 +725,7 @@ def open_table(opens: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
 
 def open_notes(opens: Sequence[dict[str, Any]]) -> list[str]:
     """Paired top-1 comparisons on the same cases: every LLM row against the best ranker (by unseen-publication
-    top-1) and the SFT row against the untrained one; how the named diagnoses were normalized."""
+    top-1), SFT against untrained and GRPO against SFT; how the named diagnoses were normalized."""
     from medr1.stats import align, paired_difference
 
     lines = []
@@ -734,8 +734,9 @@ def open_notes(opens: Sequence[dict[str, Any]]) -> list[str]:
         rankers = [e for e in rows if not get_method(e["method"], task="open").llm]
         best = max(rankers, key=lambda e: (e["metrics"]["subsets"].get(OPEN_SUBSETS[0]) or {}).get("top1", 0), default=None)
         pairs = [(e, best) for e in rows if best is not None and e is not best and e not in rankers]
-        pairs += [(e, b) for e in rows for b in rows if e["label"].startswith("SFT ")
-                  and b["label"] == "baseline " + e["label"].removeprefix("SFT ")]
+        for later, earlier in (("SFT ", "baseline "), ("GRPO ", "SFT ")):  # each training step against the one before
+            pairs += [(e, b) for e in rows for b in rows if e["label"].startswith(later)
+                      and b["label"] == earlier + e["label"].removeprefix(later)]
         for a, b in pairs:
             sa, sb = ranked_within(a["samples"], 1), ranked_within(b["samples"], 1)
             _, x, y = align(sa, sb, (a["label"], b["label"]))

@@ -113,7 +113,10 @@ class TrainConfig(Budget):
     def trl_kwargs(self, **derived: Any) -> dict[str, Any]:
         """The keyword arguments of TRL's config: the settings every run shares, the recipe's TRL keys, then the
         values the stage derives from medr1's keys (`derived`)."""
-        return {**trainer_args(self), **self.trl, **derived}
+        kwargs = {**trainer_args(self), **self.trl, **derived}
+        if kwargs.get("bf16") and not models.usable_bf16(self.device):  # emulated bf16 autocast: far slower
+            kwargs["bf16"] = False
+        return kwargs
 
 def balance_letters(questions: list[Any]) -> list[Any]:
     """The questions with their options re-lettered so that gold letters cycle A, B, C, ... over the list (per option

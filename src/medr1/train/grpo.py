@@ -45,6 +45,7 @@ METRIC_ALIASES = {
     "accuracy": "rewards/correctness_reward/mean",
     "format": "rewards/format_reward/mean",
     "research_bonus": "rewards/research_bonus/mean",
+    "open_accuracy": "rewards/open_correctness_reward/mean",
     "completion_length": "completions/mean_length",
     "kl": "kl",
 }
@@ -74,6 +75,9 @@ class GRPOConfig(common.TrainConfig):
     output_dir: str = "runs/grpo"
     train_data: list[str] = field(default_factory=lambda: ["hpo-dx:train"])
     train_limit: int | None = None  # per source
+    # open prompts: this many more questions per source (after train_limit) without options, rewarded by
+    # `open_correctness` (the named diagnosis normalized to the gold disease id); 0 = none
+    open_prompts: int = 0
     # environment
     use_retrieval: bool = True  # false: cot prompts, single-turn generation, no search (H2's comparison arm)
     rollout_batch_size: int = 16  # sequences generated together by the rollout engine
@@ -92,6 +96,8 @@ class GRPOConfig(common.TrainConfig):
         unknown = [r for r in self.rewards if r not in REWARD_NAMES]
         if unknown:
             raise ConfigError(f"grpo.rewards: unknown {unknown}; known: {list(REWARD_NAMES)}")
+        if self.open_prompts and "open_correctness" not in self.rewards:
+            raise ConfigError("grpo.open_prompts needs the open_correctness reward in grpo.rewards (with its weight)")
         if len(self.reward_weights) != len(self.rewards):
             raise ConfigError(
                 f"grpo.reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards "
@@ -133,24 +139,31 @@ def prompt_row(question: Question, method: str) -> dict[str, Any]:
     letters = "".join(sorted(question.options))
     return {
         "prompt": build_messages(question, method),
-        "answer": question.answer,
+        "answer": question.answer if question.options else None,  # an open row is scored by open_correctness
         "letters": letters,
         "option_texts": [question.options[k] for k in letters],
         "question_id": question.id,
+        "gold_id": None if question.options else (question.gold_doc_ids or [None])[0],
     }
 
 
 def build_rows(cfg: GRPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Prompt rows from `train_data` (test splits excluded and counted, letters balanced) and a per-source report."""
+    """Prompt rows from `train_data` (test splits excluded and counted, letters balanced) and a per-source report;
+    `open_prompts` more per source without options (`medr1.open_diagnosis.open_question`)."""
+    from medr1.open_diagnosis import open_question
+
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
     for spec in cfg.train_data:
         entry = report.setdefault(spec, {})
         kept = common.training_questions(spec, cfg.exclude_splits, cfg.skip_bad, cfg.seed, "grpo", entry)
-        used = common.balance_letters(kept[: cfg.train_limit] if cfg.train_limit is not None else kept)
+        n = len(kept) if cfg.train_limit is None else cfg.train_limit
+        used = common.balance_letters(kept[:n])
+        opened = [open_question(q) for q in kept[n: n + cfg.open_prompts] if q.gold_doc_ids]
         entry["used"] = len(used)
+        entry["open_prompts"] = len(opened)
         entry["answer_letters"] = dict(sorted(Counter(q.answer for q in used).items()))
-        rows.extend(prompt_row(q, cfg.prompt_method) for q in used)
+        rows.extend(prompt_row(q, cfg.prompt_method) for q in [*used, *opened])
     if not rows:
         raise DataError(f"grpo: no training prompts from {cfg.train_data} (see counts: {report})")
     return rows, report
@@ -356,8 +369,15 @@ def trl_args(cfg: GRPOConfig) -> Any:
 
 
 def reward_funcs(cfg: GRPOConfig) -> list[Callable[..., list[float | None]]]:
+    normalize = None
+    if "open_correctness" in cfg.rewards:  # diagnosis names -> disease ids of the training questions' namespace
+        from medr1.data.hpo import load_hpo
+        from medr1.open_diagnosis import NameNormalizer
+
+        normalize = NameNormalizer(load_hpo(), {"OMIM", "ORPHA"})
     return build_reward_funcs(
         cfg.rewards,
+        normalize=normalize,
         per_search=cfg.bonus_per_search,
         max_searches=cfg.bonus_max_searches,
         per_100_think_words=cfg.bonus_per_100_think_words,

@@ -11,6 +11,8 @@ the model's own text without inserted `<information>`; `queries` = the searches 
   counts: untagged text ("So the answer is B.") earns nothing.
 - `format_reward`: 1.0 for a well-formed trace, graded below (see `format_score`); 0.0 whenever the model wrote an
   `<information>` block itself, because that is invented evidence.
+- `make_open_correctness(normalize)`: the open task (no options): 1.0 when the named diagnosis normalizes to the
+  row's `gold_id` (exact name, reordered words, then BM25 over the disease names), else 0.0; None on choice rows.
 - `make_research_bonus(...)`: a capped bonus for distinct searches and for thinking longer, paid ONLY when the answer
   is correct and the format is valid. That gating is the anti-gaming rule: a longer or search-heavier trace can never
   raise the reward of a wrong answer, and the cap (default 0.2, well under the 1.0 correctness gap) keeps length from
@@ -99,7 +101,7 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
     """Grade one trace's tag protocol in [0, 1].
 
     0.0 if the model wrote `<information>` itself. Otherwise the sum of: 0.5 when an option (its letter, or its
-    text when `options` are given) sits in an `<answer>` that closes the trace (only whitespace after `</answer>`),
+    text when `options` are given; any name on an open row, `letters` "") sits in an `<answer>` that closes the trace (only whitespace after `</answer>`),
     0.25 when a non-empty `<think>…</think>` comes before that answer, 0.25 when protocol tags are used, all
     balanced, with at most one `<answer>`.
     """
@@ -107,7 +109,11 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
         return 0.0
     body = tags.strip_information(model_text if model_text is not None else text)
     stripped = body.rstrip()
-    answer_last = stripped.endswith(tags.ANSWER_CLOSE) and extract_letter(stripped, letters, options) is not None
+    if letters == "":  # an open row (no options): any named diagnosis is an answer
+        answered = bool(tags.answer_spans(stripped)) and bool(tags.answer_spans(stripped)[-1])
+    else:
+        answered = extract_letter(stripped, letters, options) is not None
+    answer_last = stripped.endswith(tags.ANSWER_CLOSE) and answered
     score = 0.5 if answer_last else 0.0
     answer_at = stripped.rfind(tags.ANSWER_OPEN)
     before = stripped[:answer_at] if answer_at >= 0 else stripped
@@ -199,16 +205,40 @@ def make_research_bonus(
     return research_bonus
 
 
-REWARD_NAMES = ("correctness", "format", "research_bonus")
+def make_open_correctness(normalize: Any) -> Callable[..., Reward]:
+    """The open task's correctness (named `open_correctness_reward` in the logs): 1.0 when the diagnosis named in
+    the last `<answer>` normalizes (`normalize`: a `medr1.open_diagnosis.NameNormalizer`) to the row's `gold_id`
+    (or to its twin of the other namespace under the same name), else 0.0; None for a row without one (a
+    multiple-choice row, scored by `correctness`)."""
+    from medr1.metrics import extract_answer_text
+
+    def open_correctness_reward(completions: Sequence[Any], gold_id: Sequence[str | None] | None = None,
+                                **kw: Any) -> Reward:
+        texts = _model_texts(completions, kw.get("model_text"))
+        golds = gold_id if gold_id is not None else [None] * len(texts)
+        return [None if not gold else float(normalize.same_disease(normalize(extract_answer_text(text))[0], gold))
+                for text, gold in zip(texts, golds, strict=True)]
+
+    return open_correctness_reward
 
 
-def build_reward_funcs(names: Sequence[str], **bonus_kw: Any) -> list[Callable[..., Reward]]:
-    """Reward functions by name (`correctness`, `format`, `research_bonus`), for configs."""
+REWARD_NAMES = ("correctness", "format", "research_bonus", "open_correctness")
+
+
+def build_reward_funcs(names: Sequence[str], normalize: Any = None, **bonus_kw: Any) -> list[Callable[..., Reward]]:
+    """Reward functions by name (`correctness`, `format`, `research_bonus`, `open_correctness` — the last needs
+    `normalize`), for configs."""
     table: dict[str, Callable[..., Reward]] = {
         "correctness": correctness_reward,
         "format": format_reward,
         "research_bonus": make_research_bonus(**bonus_kw),
     }
+    if normalize is not None:
+        table["open_correctness"] = make_open_correctness(normalize)
+    elif "open_correctness" in names:
+        from medr1.errors import ConfigError
+
+        raise ConfigError("the open_correctness reward needs a name normalizer (open prompts in the GRPO config)")
     unknown = [n for n in names if n not in table]
     if unknown:
         from medr1.errors import ConfigError

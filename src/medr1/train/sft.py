@@ -73,6 +73,9 @@ class SFTConfig(common.TrainConfig):
     answer_with: str = "text-letter"  # what <answer> holds in targets: "text-letter" (the option's own text, then
     # its letter: `Marfan syndrome (B)`), "text" (the text alone) or "letter"
     findings_in_query: int = 6
+    # open traces: this many more trace questions (after the first trace_limit) without options, naming the
+    # diagnosis in <answer> (the open task of `medr1 open-eval --method self-ask-open`); 0 = none
+    open_traces: int = 0
 
     def validate(self) -> None:
         from medr1.methods import get_method, llm_methods
@@ -109,7 +112,7 @@ class Segment:
 @dataclass
 class SFTExample:
     id: str
-    kind: str  # "explanation" | "trace"
+    kind: str  # "explanation" | "trace" | "open-trace" (no options; the answer names the diagnosis)
     messages: list[dict]
     segments: list[Segment]
     gold_in_results: bool = False  # traces: the first retrieved document that is an option is the gold
@@ -129,6 +132,8 @@ def answer_target(question: Question, answer_with: str = "text-letter") -> str:
     text decides, the harness binding it to its letter: a small model copies a name it has read far more reliably
     than it binds a name to a letter, and the letter keeps an answer readable when the name it copied is no
     option), the text alone (`text`) or the letter alone (`letter`)."""
+    if not question.options:  # an open question: the diagnosis by name
+        return f"{tags.ANSWER_OPEN}{question.answer.strip()}{tags.ANSWER_CLOSE}"
     text, letter = question.options[question.answer].strip(), question.answer
     body = {"text-letter": f"{text} ({letter})", "text": text, "letter": letter}[answer_with]
     return f"{tags.ANSWER_OPEN}{body}{tags.ANSWER_CLOSE}"
@@ -180,14 +185,15 @@ def first_option_doc(hits: list[Any], question: Question) -> tuple[int, str, str
     return None
 
 
-def reading(hits: list[Any], found: tuple[int, str, str] | None) -> str:
+def reading(hits: list[Any], found: tuple[int, str, str] | None, with_options: bool = True) -> str:
     """The trace's reading of one result list: each document before the first option named and set aside, then
     the option found (or just that none is an option, to stay short). Naming the titles makes the model compare
-    them with the options."""
+    them with the options. Without options (an open trace) the document found is the gold's."""
     if found is None:
-        return "No document is an option."
-    parts = [f"Doc {i} ({hits[i - 1].doc.title.strip()}) is not an option." for i in range(1, found[0])]
-    parts.append(f"Doc {found[0]} ({found[1]}) is an option and matches the findings.")
+        return "No document is an option." if with_options else "No document matches the findings."
+    aside = "is not an option" if with_options else "does not fit"
+    parts = [f"Doc {i} ({hits[i - 1].doc.title.strip()}) {aside}." for i in range(1, found[0])]
+    parts.append(f"Doc {found[0]} ({found[1]}) {'is an option and ' if with_options else ''}matches the findings.")
     return " ".join(parts)
 
 
@@ -208,7 +214,8 @@ def trace_example(question: Question, query: str, hits: list[Any], again: list[A
     ]
     found = first_option_doc(hits, question)
     first_at = _rank_bucket(found)
-    seen = reading(hits, found)
+    choice = bool(question.options)
+    seen = reading(hits, found, choice)
     if found is None and again is not None:
         segments.append(Segment(f"{tags.THINK_OPEN}{seen} I will search the options with the findings."
                                 f"{tags.THINK_CLOSE}\n{tags.SEARCH_OPEN}{options_query(question)}{tags.SEARCH_CLOSE}"))
@@ -217,11 +224,13 @@ def trace_example(question: Question, query: str, hits: list[Any], again: list[A
         seen = reading(again, found)
     chosen = question if found is None else dataclasses.replace(question, answer=found[2])
     if found is None:
-        seen += f" Of the options, {question.options[question.answer].strip()} fits the findings best."
+        gold = question.options[question.answer].strip() if choice else question.answer.strip()
+        seen += f" Of the options, {gold} fits the findings best." if choice else f" {gold} fits them best."
     reasoning = f"{seen} {(question.explanation or '').strip()}".strip() if explanation else seen
     segments.append(Segment(f"{tags.THINK_OPEN}{reasoning}{tags.THINK_CLOSE}\n{answer_target(chosen, answer_with)}"))
     gold_found = found is not None and found[2] == question.answer
-    return SFTExample(question.id, "trace", build_messages(question, "self-ask"), segments, gold_found, first_at)
+    return SFTExample(question.id, "trace" if choice else "open-trace", build_messages(question, "self-ask"),
+                      segments, gold_found, first_at)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -259,12 +268,18 @@ def build_examples(cfg: SFTConfig, retriever: Any = None) -> tuple[list[SFTExamp
             from medr1.retrieval import open_retriever
 
             retriever = open_retriever(cfg.index)
+        from medr1.open_diagnosis import open_question
+
         for spec in cfg.trace_data:
-            questions = common.balance_letters(_load(spec, cfg, report["trace"], cfg.trace_limit))
-            made = build_traces(questions, retriever, cfg)
+            pool = _load(spec, cfg, report["trace"], None)
+            n = len(pool) if cfg.trace_limit is None else cfg.trace_limit
+            questions = common.balance_letters(pool[:n])
+            opened = [open_question(q) for q in pool[n: n + cfg.open_traces]]  # other questions than the choice ones
+            made = build_traces(questions + opened, retriever, cfg)
             entry = report["trace"][spec]
             entry["first_option_at"] = dict(sorted(Counter(ex.first_option_at for ex in made).items()))
             entry["used"] = len(made)
+            entry["open_traces"] = len(opened)
             entry["gold_in_results"] = sum(ex.gold_in_results for ex in made)
             entry["two_searches"] = sum(ex.searches == 2 for ex in made)
             letters.update(q.answer for q in questions)
@@ -298,7 +313,7 @@ def build_traces(questions: list[Question], retriever: Any, cfg: SFTConfig) -> l
     print(f"medr1: retrieving for {len(queries)} search traces...", file=sys.stderr, flush=True)
     results = search_batched(retriever, queries, cfg.topk)
     again: list[Any] = [None] * len(questions)
-    todo = [i for i, (q, hits) in enumerate(zip(questions, results)) if first_option_doc(hits, q) is None]
+    todo = [i for i, (q, hits) in enumerate(zip(questions, results)) if q.options and first_option_doc(hits, q) is None]
     for i, hits in zip(todo, search_batched(retriever, [options_query(questions[i]) for i in todo], cfg.topk)):
         again[i] = hits
     return [trace_example(q, query, hits, more, cfg.answer_with, cfg.trace_explanation)
