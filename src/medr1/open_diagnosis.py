@@ -64,6 +64,7 @@ TOP_K = (1, 3, 10)
 FREQUENT = 0.8  # an excluded finding counts against a disease annotated with it at least this often
 SHOWN = 10  # ranked ids kept per case in samples.jsonl
 NOT_IN_KB = "disease not in HPO annotations"
+OPEN_SUBSETS = (UNSEEN, SEEN, "disease in KB", "all cases")  # `subset_metrics`, the headline first
 OPEN_ASK = "What is the most likely diagnosis?"
 NAMED = {"self-ask-open": "self-ask", "rag-open": "rag"}  # open method -> how the model answers the option-less case
 
@@ -276,10 +277,10 @@ class NameNormalizer:
         self.names = {did: hpo.diseases[did].name for did in self.ids}
         self.exact: dict[str, str] = {}
         self.bag: dict[str, str] = {}
-        for did in self.ids:
-            self.exact.setdefault(name_key(hpo.diseases[did].name), did)
-            self.bag.setdefault(word_bag(hpo.diseases[did].name), did)
-        docs = [Document(did, hpo.diseases[did].name, hpo.diseases[did].name, "hpo") for did in self.ids]
+        for did, name in self.names.items():
+            self.exact.setdefault(name_key(name), did)
+            self.bag.setdefault(word_bag(name), did)
+        docs = [Document(did, name, name, "hpo") for did, name in self.names.items()]
         self.titles = BM25Retriever.build(docs, show_progress=False)
 
     def same_disease(self, a: str | None, b: str | None) -> bool:
@@ -290,12 +291,13 @@ class NameNormalizer:
 
     def __call__(self, answer: str | None) -> tuple[str | None, str]:
         text = _LETTER_TAIL.sub("", answer or "").strip()
-        if not name_key(text):
+        key, bag = name_key(text), word_bag(text)
+        if not key:
             return None, "no answer"
-        if name_key(text) in self.exact:
-            return self.exact[name_key(text)], "exact name"
-        if word_bag(text) in self.bag:
-            return self.bag[word_bag(text)], "reordered name"
+        if key in self.exact:
+            return self.exact[key], "exact name"
+        if bag in self.bag:
+            return self.bag[bag], "reordered name"
         hits = self.titles.search([text], 1)[0]
         return (hits[0].doc.id, "name retrieval") if hits else (None, "no name shares a word")
 
@@ -356,11 +358,12 @@ def subset_metrics(records: Sequence[dict[str, Any]], not_in_kb: int) -> dict[st
     """The three real-patient subsets: unseen publication (the headline), disease in the knowledge base, and all
     cases (those whose disease the knowledge base lacks count as misses)."""
     ranks = [r["rank"] for r in records]
+    unseen, seen, in_kb, every = OPEN_SUBSETS
     return {
-        UNSEEN: open_metrics([r["rank"] for r in records if r["subset"] == UNSEEN]),
-        SEEN: open_metrics([r["rank"] for r in records if r["subset"] == SEEN]),
-        "disease in KB": open_metrics(ranks),
-        "all cases": open_metrics(ranks, misses=not_in_kb),
+        unseen: open_metrics([r["rank"] for r in records if r["subset"] == UNSEEN]),
+        seen: open_metrics([r["rank"] for r in records if r["subset"] == SEEN]),
+        in_kb: open_metrics(ranks),
+        every: open_metrics(ranks, misses=not_in_kb),
     }
 
 
@@ -399,7 +402,8 @@ def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = N
     unranked = next((q.id for q in questions if not case_gold(q)), None)
     if unranked:  # e.g. a jsonl: of the pipeline's phenopacket sample works, a plain question set does not
         raise ConfigError(f"open-eval needs cases with a gold disease id (meta.disease_id); {data}: {unranked} has none")
-    if method == "bm25" or (method == "rerank" and first == "bm25"):
+    if method == "bm25" or (method == "rerank" and first == "bm25") or (
+            method in NAMED and get_method(NAMED[method]).retrieves):
         from medr1.retrieval import open_retriever
 
         retriever = retriever or open_retriever(eval_cfg.index if eval_cfg is not None else None)
@@ -407,10 +411,6 @@ def run_open_eval(method: str, data: str, out: str | Path, limit: int | None = N
     out = Path(out)
     extra: dict[str, Any] = {"namespaces": sorted(spaces)}
     if method in NAMED:
-        if get_method(NAMED[method]).retrieves:
-            from medr1.retrieval import open_retriever
-
-            retriever = retriever or open_retriever(eval_cfg.index)
         rankings, more = _named(questions, NAMED[method], NameNormalizer(hpo, spaces), eval_cfg, out / "answers",
                                 retriever, loaded, generator, progress)
         extra.update(more)

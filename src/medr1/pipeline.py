@@ -709,17 +709,17 @@ def execute_open(ctx: StageContext) -> dict[str, Any]:
 
     hpo = load_hpo()
     retriever = open_retriever(ctx.inputs["index"]["index_dir"])
-    models: dict[str, Any] = {}
+    loaded, loaded_name = None, None  # one model in memory at a time
     evals = []
     for key, config in ctx.configs.items():
         cfg = config.get("eval")
-        if cfg is not None and cfg.model not in models:
-            models.clear()  # one model in memory at a time
-            models[cfg.model] = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=ctx.plan.run.seed)
+        if cfg is not None and cfg.model != loaded_name:
+            loaded = None  # free the previous model before the next loads
+            loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, seed=ctx.plan.run.seed)
+            loaded_name = cfg.model
         _say(f"  open: {key}")
         metrics = run_open_eval(config["method"], config["data"], config["out"], progress=ctx.plan.progress,
-                                hpo=hpo, retriever=retriever, eval_cfg=cfg,
-                                loaded=models.get(cfg.model) if cfg is not None else None)
+                                hpo=hpo, retriever=retriever, eval_cfg=cfg, loaded=loaded if cfg is not None else None)
         top1 = (metrics["subsets"].get(UNSEEN) or {}).get("top1")
         _say(f"  open: {key}: top-1 {_pct(top1)} on the unseen-publication cases")
         evals.append({"key": key, "label": config["label"], "method": config["method"], "out": config["out"]})

@@ -368,7 +368,7 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
         raise DataError(f"{dir_a} and {dir_b}: one is an open-eval (ranks), the other a multiple-choice eval: "
                         "not comparable")
     if all(opened):
-        ma, mb = (open_eval_metrics(d) for d in (dir_a, dir_b))
+        ma, mb = (_read_json(Path(d) / "metrics.json") or {} for d in (dir_a, dir_b))
         # the budget of the model's own eval inside (rerank: choice/, *-open: answers/); {} for a ranker
         ca, cb = (eval_config(Path(d) / m.get("model_eval", "choice")) for d, m in ((dir_a, ma), (dir_b, mb)))
     differ = budget_mismatch(ca, cb) if ca and cb else []
@@ -394,12 +394,6 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
                          f"answered in both, the answer follows the content in {100 * rot['follows_content']:.1f}% "
                          f"and the letter in {100 * rot['follows_letter']:.1f}%.")
     return "\n".join(lines)
-
-
-def open_eval_metrics(out: str | Path) -> dict[str, Any]:
-    """An open-eval's metrics.json ({} when it has none)."""
-    path = Path(out) / "metrics.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def is_open_eval(samples: Sequence[dict[str, Any]]) -> bool:
@@ -700,9 +694,6 @@ def timing_rows(art: RunArtifacts) -> list[tuple[str, str, str]]:
 
 # --- open-ended diagnosis (stage `open`) ------------------------------------------------------------------------------
 
-OPEN_SUBSETS = ("unseen-publication", "seen-publication", "disease in KB", "all cases")  # open_diagnosis's, headline first
-
-
 def open_cell(sub: dict[str, Any] | None, single: bool) -> str:
     """`top-1 11.4% [9.8–13.3]; top-10 35.4%` of one subset (top-1 only for a single-answer method)."""
     if not sub or not sub.get("n"):
@@ -714,6 +705,8 @@ def open_cell(sub: dict[str, Any] | None, single: bool) -> str:
 
 def open_table(opens: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Rows = open methods (per real-patient dataset), columns = the subsets, unseen publication first."""
+    from medr1.open_diagnosis import OPEN_SUBSETS
+
     header = ["method", "dataset", *(f"{name} (n)" for name in OPEN_SUBSETS)]
     body = []
     for e in opens:
@@ -726,6 +719,7 @@ def open_table(opens: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
 def open_notes(opens: Sequence[dict[str, Any]]) -> list[str]:
     """Paired top-1 comparisons on the same cases: every LLM row against the best ranker (by unseen-publication
     top-1), SFT against untrained and GRPO against SFT; how the named diagnoses were normalized."""
+    from medr1.open_diagnosis import OPEN_SUBSETS
     from medr1.stats import align, paired_difference
 
     lines = []
@@ -805,14 +799,15 @@ def build_content(art: RunArtifacts, exemplars: int = 4) -> ReportContent:
     notes = [f"{d.get('title') or d['key']}: {NOT_RUN} ({d.get('reason') or d.get('status')})"
              for d in art.datasets if d.get("status", "ok") != "ok"]
     h1, h2 = hypotheses(art)
+    o_header, o_body = open_table(art.opens)
     source, ds_title, traces = pick_exemplars(art, exemplars)
     name = art.provenance.get("name") or art.run_dir.name
     return ReportContent(
         title=f"medr1 run report: {name}", table_header=header, table_body=body, detail_header=d_header,
         detail_body=d_body, notes=notes, h1=h1, h2=h2, figures=training_figures(art.curves),
         exemplar_source=source, exemplar_dataset=ds_title, exemplars=traces, provenance=provenance_rows(art),
-        timings=timing_rows(art), recipe_text=art.recipe_text, open_header=open_table(art.opens)[0],
-        open_body=open_table(art.opens)[1], open_notes=open_notes(art.opens),
+        timings=timing_rows(art), recipe_text=art.recipe_text, open_header=o_header,
+        open_body=o_body, open_notes=open_notes(art.opens),
     )
 
 

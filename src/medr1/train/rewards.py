@@ -110,7 +110,8 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
     body = tags.strip_information(model_text if model_text is not None else text)
     stripped = body.rstrip()
     if letters == "":  # an open row (no options): any named diagnosis is an answer
-        answered = bool(tags.answer_spans(stripped)) and bool(tags.answer_spans(stripped)[-1])
+        spans = tags.answer_spans(stripped)
+        answered = bool(spans and spans[-1])
     else:
         answered = extract_letter(stripped, letters, options) is not None
     answer_last = stripped.endswith(tags.ANSWER_CLOSE) and answered
