@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from medr1.data.schema import Document
 from medr1.retrieval.base import MAX_QUERY_CHARS, Hit, RetrievalError
+from helpers import serving_app
 
 FIXTURE = Path(__file__).parent / "fixtures" / "retrieval"
 
@@ -255,32 +253,13 @@ def test_client_refuses_an_answer_of_the_wrong_shape():
         RetrieverClient("http://svc:1", transport=transport).search(["a"], 1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serving(retriever):
     """A real uvicorn server for `retriever` on a free loopback port, for the block: yields its base URL."""
-    import uvicorn
-
     from medr1.retrieval.service import create_app
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(retriever), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 10
-        while not server.started and time.time() < deadline:
-            time.sleep(0.02)
-        assert server.started
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_app(create_app(retriever)) as url:
+        yield url
 
 
 def test_service_under_concurrent_good_and_bad_requests(bm25):

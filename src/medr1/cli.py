@@ -125,6 +125,44 @@ def data_build(
     typer.echo(f"HPO {stats['hpo_version']}; wrote {out} in {time.perf_counter() - start:.1f} s")
 
 
+@data_app.command("explain")
+@friendly_errors
+def data_explain(
+    teacher: str = typer.Option(..., "--teacher", help="Base URL of an OpenAI-compatible API (vLLM, medr1 serve, "
+                                                       "a hosted one), e.g. http://127.0.0.1:8001/v1."),
+    teacher_model: str = typer.Option(..., "--teacher-model", help="The model id the endpoint serves."),
+    data: str = typer.Option(..., "--data", "-d", help="Source spec of the questions to explain."),
+    out: str = typer.Option(..., "--out", "-o", help="Output jsonl (accepted questions with explanations)."),
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Only the first N questions."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight at once."),
+    retries: int = typer.Option(3, "--retries", min=0, help="Retries with backoff on timeouts, 429 and 5xx."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds per request."),
+    max_tokens: int = typer.Option(384, "--max-tokens", min=1, help="Most tokens of one explanation."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable with the key."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Count malformed records instead of stopping."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Long-form explanations from a teacher model for questions with letter or keyword answers; explanations that
+    do not support the gold are rejected and counted. Resumable: a rerun asks only for what is not cached.
+
+    Example: medr1 data explain --teacher http://127.0.0.1:8001/v1 --teacher-model medr1 --data medqa:../shared/data/medqa/dev.jsonl --limit 50 --out data/medqa-explained.jsonl
+
+    Then: medr1 sft --config recipes/quickstart.yaml explanation_data='["jsonl:data/medqa-explained.jsonl"]'
+    """
+    from medr1.data.explain import ExplainConfig, run_explain
+
+    cfg = ExplainConfig(teacher=teacher, teacher_model=teacher_model, data=data, out=out, limit=limit,
+                        concurrency=concurrency, retries=retries, timeout_s=timeout, max_tokens=max_tokens,
+                        api_key_env=api_key_env, skip_bad=skip_bad)
+    stats = run_explain(cfg, progress=not quiet)
+    typer.echo(f"{stats['questions']} questions: {stats['cached']} cached from an earlier run, {stats['asked']} "
+               f"asked; accepted {stats['accepted']}, rejected {stats['rejected'] or 0}, failed {stats['failed'] or 0}")
+    typer.echo(f"wrote {out} (an SFT explanation source: jsonl:{out}) and {out}.rejected.jsonl")
+    if stats["failed"]:
+        echo_err(f"{sum(stats['failed'].values())} requests failed; run the same command again to retry them")
+        raise typer.Exit(code=1)
+
+
 @corpus_app.command("build")
 @friendly_errors
 def corpus_build(
@@ -373,6 +411,45 @@ def ask_cmd(
         typer.echo(json.dumps(record, ensure_ascii=False, indent=2))
     else:
         typer.echo(render_trace(record, color=sys.stdout.isatty()))
+
+
+@app.command("serve")
+@friendly_errors
+def serve_cmd(
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides of the eval config (the budget)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model name, HF id or local directory "
+                                                                  "(default smollm2-135m)."),
+    method: str | None = typer.Option(None, "--method", help="cot | rag | self-ask behind the endpoint (default: "
+                                                             "plain chat completions)."),
+    index: str | None = typer.Option(None, "--index", help="rag, self-ask: index directory or retriever URL."),
+    config: str | None = typer.Option(None, "--config", "-c", help="Recipe or eval YAML: the budget a method runs "
+                                                                   "under (its rollout: section)."),
+    name: str = typer.Option("medr1", "--name", help="The model id clients send and /v1/models lists."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; 0.0.0.0 exposes it to the network."),
+    port: int = typer.Option(8001, "--port", min=1, max=65535),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most concurrent requests in one engine call."),
+    max_pending: int = typer.Option(64, "--max-pending", min=1, help="Queued requests beyond which clients get 503."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning for quiet)."),
+) -> None:
+    """An OpenAI-compatible server (/v1/chat/completions, /v1/models, /health) for any medr1 model, plain or with a
+    method (self-ask: retrieval inside, the trace in the reply's `medr1` field).
+
+    Example: medr1 serve --model smollm2-135m --port 8001
+
+    Example: medr1 serve --model runs/quickstart/sft/final --method self-ask --config recipes/quickstart.yaml
+
+    Then: curl -s localhost:8001/v1/chat/completions -H 'content-type: application/json' -d '{"model": "medr1", "messages": [{"role": "user", "content": "Tall stature, arachnodactyly, ectopia lentis"}]}'
+    """
+    from medr1.evaluate import load_eval_config
+    from medr1.serve import ServeConfig, build_engine, serve
+
+    cfg = load_eval_config(config, {"model": model, "index": index, "out": "-", "method": method or "cot"}, overrides)
+    engine = build_engine(cfg, method)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        echo_err(f"warning: binding {host}: the model is reachable from other machines (no authentication)")
+    echo_err(f"serving {cfg.model} ({method or 'plain chat'}) as {name!r} at http://{host}:{port}/v1")
+    serve(engine, ServeConfig(model_name=name, method=method, max_batch=max_batch, max_pending=max_pending),
+          host=host, port=port, log_level=log_level)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
