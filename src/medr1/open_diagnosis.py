@@ -309,7 +309,7 @@ def open_question(case: Question) -> Question:
     name = name or (case.options.get(case.answer) if case.options else None) or case_gold(case) or case.answer
     return Question(id=case.id, question=case.question.replace(CHOICE_ASK, OPEN_ASK), options={}, answer=str(name),
                     source=case.source, split=case.split, gold_doc_ids=list(case.gold_doc_ids),
-                    meta=dict(case.meta) if isinstance(case.meta, dict) else {})
+                    meta={**(case.meta if isinstance(case.meta, dict) else {}), "task": "open"})
 
 
 def case_gold(question: Question) -> str | None:

@@ -61,6 +61,8 @@ def make_question(where: str, **fields: Any) -> Question:
     text = fields.get("question")
     if not isinstance(text, str) or not text.strip():
         raise RecordError(where, "empty question text", R_QUESTION)
+    if isinstance(fields.get("meta"), dict) and fields["meta"].get("task") == "open":
+        return _validated(where, fields)
     options = fields.get("options")
     if not isinstance(options, dict) or len(options) < 2:
         raise RecordError(where, f"needs at least 2 options, got {options!r}", R_OPTIONS)
@@ -74,6 +76,10 @@ def make_question(where: str, **fields: Any) -> Question:
         raise RecordError(where, f"unknown answer letter {answer!r} (expected one of {sorted(options)})", R_LETTER)
     if answer not in options:
         raise RecordError(where, f"answer {answer!r} is not among options {sorted(options)}", R_ANSWER)
+    return _validated(where, fields)
+
+
+def _validated(where: str, fields: dict[str, Any]) -> Question:
     try:
         return Question(**fields).validate(where)
     except DataError as err:  # a check the schema has and we do not: keep its message
@@ -387,6 +393,8 @@ HF_LAYOUTS = {
     "medqa": "question, options (dict or list of {key, value}), answer_idx (letter), answer",
     "pubmedqa": "question, final_decision (yes/no/maybe), long_answer, context",
     "normalized": "question, options (dict or list), answer (letter or index), explanation?, id?",
+    "pmc-vqa": "Figure_path, Question, Choice A..D, Answer_label or Answer (image paths kept as given)",
+    "ehrxqa": "question, answer (keyword list), image_path or image_id (kept as given)",
 }
 
 
@@ -401,12 +409,18 @@ def hf_layout(columns: Iterable[str], where: str) -> str:
         return "pubmedqa"
     if {"question", "options", "answer"} <= cols:
         return "normalized"
+    if {"Figure_path", "Question"} <= cols:
+        return "pmc-vqa"
+    if {"question", "answer"} <= cols and cols & {"image_path", "image_id", "image"}:
+        return "ehrxqa"
     known = "; ".join(f"{k}: {v}" for k, v in HF_LAYOUTS.items())
     raise DataError(f"{where}: unrecognized columns {sorted(cols)}; supported layouts are {known}")
 
 
 def load_hf_rows(rows: Iterable[dict], name: str, split: str, layout: str, skips: SkipLog) -> Iterator[Question]:
     """Map one split of a Hugging Face dataset (rows as dicts) in `layout` to Questions."""
+    from medr1.data import images
+
     split = _SPLIT_WORDS.get(split, split)
     source = f"hf:{name}"
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
@@ -417,6 +431,8 @@ def load_hf_rows(rows: Iterable[dict], name: str, split: str, layout: str, skips
         ),
         "pubmedqa": lambda where, row, i: _hf_pubmedqa(where, row, split, source),
         "normalized": lambda where, row, i: _hf_normalized(where, row, split, source, f"hf-{slug}-{split}-{i}"),
+        "pmc-vqa": lambda where, row, i: images.pmc_vqa_question(where, (i, row), split, f"hf-{slug}-{split}", None),
+        "ehrxqa": lambda where, row, i: images.ehrxqa_question(where, (i, row), split, f"hf-{slug}-{split}", None),
     }
     build = builders[layout]
     items = ((f"hf:{name}[{split}] row {i}", (i, row)) for i, row in enumerate(rows))

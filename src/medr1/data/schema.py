@@ -33,6 +33,12 @@ class Question:
             raise DataError(f"{where}: empty id")
         if not isinstance(self.question, str) or not self.question.strip():
             raise DataError(f"{where}: empty question text")
+        if self.is_open:
+            if self.options:
+                raise DataError(f"{where}: an open question (meta task=open) has no options, got {self.options!r}")
+            if not isinstance(self.answer, str) or not self.answer.strip():
+                raise DataError(f"{where}: an open question (meta task=open) needs its gold answer text")
+            return self
         if not isinstance(self.options, dict) or len(self.options) < 2:
             raise DataError(f"{where}: needs at least 2 options, got {self.options!r}")
         for letter, text in self.options.items():
@@ -61,6 +67,11 @@ class Question:
 
     def format_options(self) -> str:
         return "\n".join(f"{k}. {v}" for k, v in sorted(self.options.items()))
+
+    @property
+    def is_open(self) -> bool:
+        """An open question has no options and a free-text gold (a diagnosis name, EHRXQA's answer keywords)."""
+        return isinstance(self.meta, dict) and self.meta.get("task") == "open"
 
     @property
     def subset(self) -> str | None:

@@ -13,6 +13,8 @@ or from the shell: `medr1 data show mirage:medqa --limit 2`. Specs (`describe_so
     mmlu:DIR                MMLU headerless CSVs (question,A,B,C,D,answer), one file per subject
     phenopackets:DIR        GA4GH phenopackets as diagnosis questions (medr1.data.phenopackets)
     hpo-dx:test|dev|train   the default HPO-Dx build (made on first use), or hpo-dx:PATH.jsonl
+    pmc-vqa:DIR|FILE.csv    PMC-VQA image questions (four choices; images under DIR or images/)
+    ehrxqa:DIR|FILE.json    EHRXQA image questions (keyword answers; yes/no ones as two options)
     jsonl:PATH              medr1's normalized format (Question.to_dict per line)
     hf:NAME[:SPLIT]         a Hugging Face dataset (needs the hub or a local cache)
 
@@ -173,6 +175,27 @@ def _load_hpo_dx(arg: str, ctx: _Context) -> Iterable[Question]:
     return loaders.load_normalized_jsonl(_resolve(ctx, arg, (), example), ctx.skips)
 
 
+def _load_pmc_vqa(arg: str, ctx: _Context) -> Iterable[Question]:
+    from medr1.data import images
+
+    if not arg:
+        raise DataError(f"{ctx.spec}: name PMC-VQA's folder or one of its CSV files, e.g. pmc-vqa:data/pmc-vqa")
+    return images.load_pmc_vqa(_resolve_any(ctx, arg, "pmc-vqa:PATH/pmc-vqa"), ctx.skips)
+
+
+def _load_ehrxqa(arg: str, ctx: _Context) -> Iterable[Question]:
+    from medr1.data import images
+
+    if not arg:
+        raise DataError(f"{ctx.spec}: name EHRXQA's folder or one of its JSON files, e.g. ehrxqa:data/ehrxqa")
+    return images.load_ehrxqa(_resolve_any(ctx, arg, "ehrxqa:PATH/ehrxqa"), ctx.skips)
+
+
+def _resolve_any(ctx: _Context, arg: str, example: str) -> Path:
+    """A folder or a file."""
+    return _resolve(ctx, arg, (), example, want_dir=Path(arg).expanduser().is_dir())
+
+
 def _load_jsonl(arg: str, ctx: _Context) -> Iterable[Question]:
     if not arg:
         raise DataError(f"{ctx.spec}: name a file, e.g. jsonl:questions.jsonl")
@@ -225,6 +248,10 @@ SOURCES: dict[str, SourceKind] = {
             "phenopackets", "phenopackets:PATH/cohorts", "GA4GH phenopackets as diagnosis questions", _load_phenopackets
         ),
         SourceKind("hpo-dx", "hpo-dx:test", "HPO-Dx benchmark (default build) or hpo-dx:PATH.jsonl", _load_hpo_dx),
+        SourceKind("pmc-vqa", "pmc-vqa:PATH/pmc-vqa", "PMC-VQA CSVs with their images (folder or one CSV)",
+                   _load_pmc_vqa),
+        SourceKind("ehrxqa", "ehrxqa:PATH/ehrxqa", "EHRXQA / MIMIC-CXR-VQA JSON with images (folder or one JSON)",
+                   _load_ehrxqa),
         SourceKind("jsonl", "jsonl:PATH/questions.jsonl", "medr1 normalized questions", _load_jsonl),
         SourceKind("hf", "hf:openlifescienceai/medmcqa:validation", "Hugging Face dataset NAME[:SPLIT]", _load_hf),
     )
