@@ -247,3 +247,49 @@ def test_an_empty_forced_answer_leaves_the_reply_to_the_fallbacks() -> None:
     assert extract_answer(cut + "</answer>", "ABCD") == "C"
     assert extract_answer(cut + "B</answer>", "ABCD") == "B"
     assert extract_answer(cut + "no idea</answer>", "ABCD") is None
+
+
+@pytest.mark.parametrize("gold, retrieved, precision, recall", [
+    (["G"], [["G", "x", "y"]], 1.0, 1.0),
+    (["G"], [["x", "G", "y"]], 0.5, 1.0),
+    (["G"], [["x", "y"], ["x", "G"]], 1 / 3, 1.0),  # the second search's G is the third distinct document
+    (["G", "H"], [["G", "x", "H"]], (1 + 2 / 3) / 2, 1.0),
+    (["G", "H"], [["x", "H"]], 0.5, 0.5),
+    (["G"], [["x", "y"]], 0.0, 0.0),
+    (["G"], [], None, 0.0),
+    ([], [["x"]], None, None),
+])
+def test_ragas_context_precision_and_recall_by_ids(gold, retrieved, precision, recall) -> None:
+    from medr1.metrics import context_precision, context_recall
+
+    got = context_precision(gold, retrieved)
+    assert (got is None and precision is None) or got == pytest.approx(precision)
+    assert context_recall(gold, retrieved) == recall
+
+
+@pytest.mark.parametrize("prediction, titles, expected", [
+    ("B", [["Stickler syndrome", "Marfan  Syndrome"]], True),
+    ("A", [["Marfan syndrome"]], False),
+    (None, [["Marfan syndrome"]], None),
+    ("B", [], None),
+])
+def test_answer_in_evidence(prediction, titles, expected) -> None:
+    from medr1.metrics import answer_in_evidence
+
+    options = {"A": "Stickler syndrome type 2", "B": "Marfan syndrome"}
+    assert answer_in_evidence(prediction, options, titles) == expected
+
+
+def test_aggregate_reports_the_rag_columns_only_for_retrieving_methods() -> None:
+    from medr1.metrics import aggregate
+
+    samples = [
+        {"correct": True, "parsed": True, "prediction": "B", "options": {"A": "x", "B": "Marfan syndrome"},
+         "gold_doc_ids": ["G"], "retrieved_ids": [["x", "G"]], "retrieved_titles": [["x", "Marfan syndrome"]]},
+        {"correct": False, "parsed": True, "prediction": "A", "options": {"A": "x", "B": "y"},
+         "gold_doc_ids": ["G"], "retrieved_ids": [["G"]], "retrieved_titles": [["y"]]},
+    ]
+    m = aggregate(samples, text_metrics=False)
+    assert m["context_precision"] == pytest.approx(0.75) and m["context_recall"] == 1.0
+    assert m["answer_in_evidence"] == 0.5
+    assert aggregate(samples, uses_retrieval=False, text_metrics=False)["context_precision"] is None

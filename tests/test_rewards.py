@@ -175,3 +175,12 @@ def test_open_correctness_on_a_table_of_names():
         build_reward_funcs(["open_correctness"])
     assert format_score("<think>x</think>\n<answer>Marfan syndrome</answer>", letters="") == 1.0
     assert format_score("<think>x</think>\n<answer></answer>", letters="") == 0.5
+
+
+def test_context_recall_reward_pays_for_retrieving_the_gold_documents() -> None:
+    from medr1.train.rewards import build_reward_funcs
+
+    (reward,) = build_reward_funcs(["context_recall"])
+    got = reward(["a", "b", "c", "d"], gold_doc_ids=[["G"], ["G", "H"], ["G"], []],
+                 retrieved_ids=[[["x", "G"]], [["H"], ["y"]], [], [["G"]]])
+    assert got == [1.0, 0.5, 0.0, None]

@@ -44,7 +44,7 @@ from medr1.data.schema import Question
 from medr1.errors import ConfigError, DataError
 from medr1.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_tolerant, stable_hash
 from medr1.methods import get_method
-from medr1.metrics import aggregate, extract_answer, extract_answer_text
+from medr1.metrics import PERCENT_KEYS, RAG_KEYS, aggregate, extract_answer, extract_answer_text
 from medr1.prompts import build_messages, format_passages
 from medr1.retrieval.base import MAX_QUERY_CHARS, Hit, Retriever
 from medr1.retrieval.ranker import OptionRanker, ranker_completion
@@ -495,8 +495,10 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     def fmt(key: str, value: Any) -> str:
         if value is None:
             return "n/a"
-        if key in ("accuracy", "unparseable_rate", "gold_hit_rate", "rouge_l", "chance_accuracy"):
-            return f"{100 * value:.1f}%" if key != "rouge_l" else f"{value:.3f}"
+        if key in PERCENT_KEYS:
+            return f"{100 * value:.1f}%"
+        if key == "rouge_l":
+            return f"{value:.3f}"
         if isinstance(value, float):
             return f"{value:.2f}" if key == "bleu" else f"{value:.4g}"
         if isinstance(value, dict):
@@ -508,8 +510,8 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     interval = (f"{fmt('accuracy', acc)}  [95% CI {100 * metrics['ci_low']:.1f}-{100 * metrics['ci_high']:.1f}%]"
                 if acc is not None else "n/a")
     rows.append(("accuracy", interval))
-    for key in ("n", "chance_accuracy", "predictions", "unparseable_rate", "gold_hit_rate", "searches_per_question",
-                "generated_tokens_mean", "seconds_per_question", "bleu", "rouge_l", "n_with_explanation", "tool_errors",
+    for key in ("n", "chance_accuracy", "predictions", "unparseable_rate", "gold_hit_rate", *RAG_KEYS,
+                "searches_per_question", "generated_tokens_mean", "seconds_per_question", "bleu", "rouge_l", "n_with_explanation", "tool_errors",
                 "finish_reasons"):
         rows.append((key, fmt(key, metrics.get(key))))
     width = max(len(k) for k, _ in rows)

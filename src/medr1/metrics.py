@@ -212,6 +212,41 @@ def gold_hit(gold_doc_ids: Iterable[str], retrieved_ids: Iterable[Iterable[str]]
     return any(doc_id in gold for turn in retrieved_ids for doc_id in turn)
 
 
+def ranked_ids(retrieved_ids: Iterable[Iterable[str]]) -> list[str]:
+    """Every search's ids in the order the trace retrieved them, each id once (its first rank)."""
+    return list(dict.fromkeys(doc_id for turn in retrieved_ids for doc_id in turn))
+
+
+def context_precision(gold_doc_ids: Iterable[str], retrieved_ids: Iterable[Iterable[str]]) -> float | None:
+    """RAGAS's context precision with ID relevance: the mean of precision@k over the ranks k that hold a gold
+    document (0 when none does); None when nothing was retrieved or there is no gold."""
+    gold, ranked = set(gold_doc_ids), ranked_ids(retrieved_ids)
+    if not ranked or not gold:
+        return None
+    hits, total = 0, 0.0
+    for k, doc_id in enumerate(ranked, start=1):
+        if doc_id in gold:
+            hits += 1
+            total += hits / k
+    return total / hits if hits else 0.0
+
+
+def context_recall(gold_doc_ids: Iterable[str], retrieved_ids: Iterable[Iterable[str]]) -> float | None:
+    """RAGAS's ID-based context recall: the share of gold documents retrieved by any search; None without gold."""
+    gold = set(gold_doc_ids)
+    return len(gold & set(ranked_ids(retrieved_ids))) / len(gold) if gold else None
+
+
+def answer_in_evidence(prediction: str | None, options: dict[str, str] | None,
+                       retrieved_titles: Iterable[Iterable[str]]) -> bool | None:
+    """Whether the chosen option is the title of a document the trace retrieved (the answer rests on evidence it
+    read; a non-LLM check of grounding); None when unanswered, open, or nothing was retrieved."""
+    titles = {normalize_name(t) for turn in retrieved_titles for t in turn}
+    if not prediction or not options or prediction not in options or not titles:
+        return None
+    return normalize_name(options[prediction]) in titles
+
+
 def _count(value: Any) -> int:
     """Tool errors may be recorded as a count or as a list of messages."""
     if value is None:
@@ -244,6 +279,7 @@ def aggregate(samples: Sequence[dict[str, Any]], uses_retrieval: bool = True, te
     if uses_retrieval and with_gold:
         hit_rate = sum(gold_hit(s["gold_doc_ids"], s.get("retrieved_ids") or []) for s in with_gold) / len(with_gold)
     return {
+        **rag_metrics(samples if uses_retrieval else []),
         "n": n,
         "accuracy": correct / n if n else None,
         "ci_low": low,
@@ -263,6 +299,22 @@ def aggregate(samples: Sequence[dict[str, Any]], uses_retrieval: bool = True, te
         "chance_accuracy": _mean([1.0 / len(s["options"]) for s in samples if s.get("options")]),
         "subsets": subset_accuracy(samples),
     }
+
+
+RAG_KEYS = ("context_precision", "context_recall", "answer_in_evidence")
+PERCENT_KEYS = ("accuracy", "unparseable_rate", "gold_hit_rate", "chance_accuracy") + RAG_KEYS  # shown as percent
+
+
+def rag_metrics(samples: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """The RAGAS-style retrieval columns (non-LLM), each the mean over the records it applies to (None if none)."""
+    per = {
+        "context_precision": [context_precision(s.get("gold_doc_ids") or [], s.get("retrieved_ids") or [])
+                              for s in samples],
+        "context_recall": [context_recall(s.get("gold_doc_ids") or [], s.get("retrieved_ids") or []) for s in samples],
+        "answer_in_evidence": [answer_in_evidence(s.get("prediction"), s.get("options"), s.get("retrieved_titles") or [])
+                               for s in samples],
+    }
+    return {key: _mean([float(v) for v in values if v is not None]) for key, values in per.items()}
 
 
 def subset_accuracy(samples: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

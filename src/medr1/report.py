@@ -36,6 +36,7 @@ from typing import Any
 
 from medr1.errors import DataError
 from medr1.io import atomic_open, atomic_write_text, read_jsonl_tolerant
+from medr1.metrics import PERCENT_KEYS
 from medr1.traces import trace_html, trace_markdown
 from medr1.methods import (EXEMPLAR_ORDER, STAGES, VARIANT_BY_LABEL, VARIANTS, Variant, eval_dir, get_method,
                            variant_dir)
@@ -245,6 +246,7 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[Sequence[str] 
 DETAIL_KEYS = (
     ("n", "n"), ("accuracy", "accuracy"), ("chance_accuracy", "chance"), ("predictions", "answers by letter"),
     ("unparseable_rate", "unparseable"), ("gold_hit_rate", "gold-doc hit"),
+    ("context_precision", "context precision"), ("answer_in_evidence", "answer in evidence"),
     ("searches_per_question", "searches/q"), ("generated_tokens_mean", "tokens/q"),
     ("seconds_per_question", "s/q"), ("tool_errors", "tool errors"),
 )
@@ -272,7 +274,7 @@ def detail_cells(m: dict[str, Any]) -> list[str]:
             cells.append(accuracy_text(m))
         elif key == "predictions":
             cells.append(letter_shares(v))
-        elif key in ("unparseable_rate", "gold_hit_rate", "chance_accuracy"):
+        elif key in PERCENT_KEYS:
             cells.append(f"{100 * v:.1f}%" if _num(v) is not None else "n/a")
         elif _num(v) is not None and not isinstance(v, int):
             cells.append(f"{v:.2f}")

@@ -6,7 +6,7 @@ TRL owns the loop (advantages, clipping, KL, optimizer, checkpoints, resume); me
 - `rollout_func`, which runs `medr1.rollout.run_rollouts` with the model under training (and the retriever in the
   loop) and returns `prompt_ids`, `completion_ids`, `logprobs` and `env_mask` (1 = sampled by the model, 0 =
   inserted `<information>`): TRL multiplies its loss mask by `env_mask`, so inserted text never receives gradient.
-  It also returns `model_text` and `queries`, which TRL forwards to the reward functions. `model_text` is the
+  It also returns `model_text`, `queries` and `retrieved_ids`, which TRL forwards to the reward functions. `model_text` is the
   model's own tokens only, so a forced answer (`rollout.answer_tokens`: the environment wrote its `<answer>`) is
   scored as no answer — training pays for answers that fit the budget, while evaluation reads the forced one;
 - the rewards (`medr1.train.rewards`), weighted by `reward_weights`;
@@ -144,6 +144,7 @@ def prompt_row(question: Question, method: str) -> dict[str, Any]:
         "option_texts": [question.options[k] for k in letters],
         "question_id": question.id,
         "gold_id": None if question.options else (question.gold_doc_ids or [None])[0],
+        "gold_doc_ids": list(question.gold_doc_ids),  # the context_recall reward's reference
     }
 
 
@@ -257,7 +258,8 @@ def trajectories_to_trl(
     `think_prefix` the prompt prefilled (R1-Distill's "<think>\n"), so the trace reads as the model wrote it.
     """
     out: dict[str, list | None] = {
-        "prompt_ids": [], "completion_ids": [], "env_mask": [], "model_text": [], "queries": [], "logprobs": []
+        "prompt_ids": [], "completion_ids": [], "env_mask": [], "model_text": [], "queries": [], "retrieved_ids": [],
+        "logprobs": []
     }
     for t in trajectories:
         ids, mask = list(t.token_ids), [int(m) for m in t.loss_mask]
@@ -274,6 +276,7 @@ def trajectories_to_trl(
         out["env_mask"].append(mask)
         out["model_text"].append(think_prefix + model_own_text(tokenizer, ids, mask))
         out["queries"].append(list(t.queries))
+        out["retrieved_ids"].append([list(turn) for turn in getattr(t, "retrieved_doc_ids", None) or []])
         out["logprobs"].append(logps)
     if not with_logprobs:
         out["logprobs"] = None  # TRL uses sampling logprobs only for its vLLM importance-sampling correction

@@ -223,16 +223,29 @@ def make_open_correctness(normalize: Any) -> Callable[..., Reward]:
     return open_correctness_reward
 
 
-REWARD_NAMES = ("correctness", "format", "research_bonus", "open_correctness")
+def context_recall_reward(completions: Sequence[Any], gold_doc_ids: Sequence[Sequence[str]] | None = None,
+                          retrieved_ids: Sequence[Sequence[Sequence[str]]] | None = None, **kw: Any) -> Reward:
+    """RAGAS's ID-based context recall of each trace (`medr1.metrics.context_recall`: the share of the row's gold
+    documents its searches retrieved); None for a row without gold documents. Optional: it pays for finding the
+    evidence, whatever the answer."""
+    from medr1.metrics import context_recall
+
+    golds = gold_doc_ids if gold_doc_ids is not None else [[] for _ in completions]
+    found = retrieved_ids if retrieved_ids is not None else [[] for _ in completions]
+    return [context_recall(list(g or []), list(r or [])) for g, r in zip(golds, found, strict=True)]
+
+
+REWARD_NAMES = ("correctness", "format", "research_bonus", "open_correctness", "context_recall")
 
 
 def build_reward_funcs(names: Sequence[str], normalize: Any = None, **bonus_kw: Any) -> list[Callable[..., Reward]]:
-    """Reward functions by name (`correctness`, `format`, `research_bonus`, `open_correctness` — the last needs
-    `normalize`), for configs."""
+    """Reward functions by name (`correctness`, `format`, `research_bonus`, `context_recall`, `open_correctness` —
+    the last needs `normalize`), for configs."""
     table: dict[str, Callable[..., Reward]] = {
         "correctness": correctness_reward,
         "format": format_reward,
         "research_bonus": make_research_bonus(**bonus_kw),
+        "context_recall": context_recall_reward,
     }
     if normalize is not None:
         table["open_correctness"] = make_open_correctness(normalize)
