@@ -31,7 +31,9 @@ corpus_app = typer.Typer(help="Build retrieval corpora (docs.jsonl).", no_args_i
 index_app = typer.Typer(help="Build and evaluate retrieval indexes.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(corpus_app, name="corpus")
+export_app = typer.Typer(help="Export training data for other engines (verl).", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+app.add_typer(export_app, name="export")
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -659,6 +661,36 @@ def open_eval_cmd(
     if metrics.get("single_answer"):
         typer.echo(f"the named diagnoses, normalized to a disease id (by route): {metrics['normalized']}")
     typer.echo(f"skipped (by reason): {metrics['skipped']}; wrote {out}/samples.jsonl and metrics.json")
+
+
+@export_app.command("verl")
+@friendly_errors
+def export_verl_cmd(
+    data: str = typer.Option(..., "--data", "-d", help="Training questions (a train split), e.g. hpo-dx:train."),
+    out: str = typer.Option(..., "--out", "-o", help="Output directory."),
+    val: str | None = typer.Option(None, "--val", help="Validation questions, e.g. hpo-dx:dev."),
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Only the first N questions of each."),
+    method: str = typer.Option("self-ask", "--method", help="The prompt the rows carry (self-ask, rag, cot)."),
+    retriever_url: str = typer.Option("http://127.0.0.1:8000/retrieve", "--retriever-url",
+                                      help="Where verl's search tool reaches `medr1 serve-retriever`."),
+    topk: int = typer.Option(3, "--topk", min=1, max=100, help="Documents per search."),
+    model: str = typer.Option("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "--model", help="The launch scripts' model."),
+) -> None:
+    """verl's parquet dataset, a search-tool config pointing at medr1 serve-retriever, a reward module calling
+    medr1's rewards, and PPO / GRPO launch scripts.
+
+    Example: medr1 export verl --data hpo-dx:train --val hpo-dx:dev --out exports/verl-hpo
+    """
+    from medr1.export_verl import VerlExport, export_verl
+    from medr1.methods import get_method
+
+    if not get_method(method, "--method").llm:
+        raise typer.BadParameter(f"--method {method}: the rows need an LLM prompt (cot, rag, self-ask)")
+    record = export_verl(VerlExport(data=data, out=out, val=val, limit=limit, method=method,
+                                    retriever_url=retriever_url, topk=topk, model=model))
+    for name, entry in record["files"].items():
+        typer.echo(f"{name}: {entry['rows']} rows from {entry['source']}")
+    typer.echo(f"wrote {out}: search_tool_config.yaml ({retriever_url}), medr1_reward.py, run_ppo.sh, run_grpo.sh")
 
 
 @app.command("trace")
