@@ -89,6 +89,7 @@ def test_plain_completion_equals_the_engine_s_greedy_output(plain) -> None:
     assert out["choices"][0]["finish_reason"] == ("length" if direct.finish == "length" else "stop")
     assert out["object"] == "chat.completion" and "medr1" not in out
     assert client.get("/v1/models").json()["data"][0]["id"] == "medr1"
+    assert client.get("/ready").json() == {"ready": True}
     bad = client.post("/v1/chat/completions", content=_body(max_tokens=65))
     assert bad.status_code == 422 and "max_tokens" in bad.json()["error"]["message"]
     assert client.get("/health").json()["requests"] == 1  # the refused request never reached the engine

@@ -313,3 +313,16 @@ def test_client_against_a_real_server_matches_in_process_results(bm25):
 
         assert fields(remote) == fields(local)
         assert [h.score for row in remote for h in row] == pytest.approx([h.score for row in local for h in row])
+
+
+def test_readiness_probes_a_search(bm25):
+    from medr1.retrieval.service import create_app
+
+    assert TestClient(create_app(bm25)).get("/ready").json() == {"ready": True}
+
+    class Broken:
+        def search(self, queries, k=5):
+            raise OSError("index file vanished")
+
+    reply = TestClient(create_app(Broken())).get("/ready")
+    assert reply.status_code == 503 and "index file vanished" in reply.json()["error"]

@@ -10,7 +10,7 @@
     from openai import OpenAI
     OpenAI(base_url="http://127.0.0.1:8001/v1", api_key="none").chat.completions.create(model="medr1", messages=[...])
 
-Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`.
+Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health` (liveness, counters), `GET /ready`.
 
 - Plain mode renders the messages with the model's chat template and generates (`max_tokens`, `temperature`,
   `top_p`, `stop`, `seed` honoured).
@@ -250,7 +250,8 @@ class Batcher:
         self.pending: list[tuple[ChatRequest, concurrent.futures.Future]] = []
         self.cond = threading.Condition()
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "errors": 0}
-        threading.Thread(target=self._work, name="medr1-serve-engine", daemon=True).start()
+        self.worker = threading.Thread(target=self._work, name="medr1-serve-engine", daemon=True)
+        self.worker.start()
 
     def submit(self, request: ChatRequest) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -343,6 +344,12 @@ def create_app(engine: Callable[[Sequence[ChatRequest]], list[Completion]], cfg:
     def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": started,
                                             "owned_by": "medr1"}]}
+
+    @app.get("/ready")
+    def ready() -> Any:
+        if not batcher.worker.is_alive():
+            return JSONResponse(status_code=503, content={"ready": False, "error": "the engine worker has stopped"})
+        return {"ready": True}
 
     @app.get("/health")
     def health() -> dict[str, Any]:

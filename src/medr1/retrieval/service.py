@@ -5,7 +5,8 @@ use theirs.
         -> 200 {"result": [[{"document": {"id", "title", "contents"}, "score": 12.3}, ...], ...]}
        with "return_scores": false (Search-R1's default) each inner list holds the documents themselves:
         -> 200 {"result": [[{"id", "title", "contents"}, ...], ...]}
-    GET /health -> 200 {"status": "ok", "kind": "bm25", "docs": 32000, ...}
+    GET /health -> 200 {"status": "ok", "kind": "bm25", "docs": 32000, ...}   (liveness and counters)
+    GET /ready  -> 200 {"ready": true} once a probe search answers, else 503 {"ready": false, "error": ...}
 
 As in Search-R1, "topk" and "return_scores" may be omitted (defaults: the server's default topk, false); "queries"
 is required. `contents` is "title\\ntext", which Search-R1's prompt code splits back into title and text.
@@ -126,6 +127,15 @@ def create_app(retriever: Retriever, default_topk: int = DEFAULT_TOPK, max_topk:
             return error(500, f"retrieval failed: {type(exc).__name__}: {exc}")
         count(requests=1, queries=len(queries))
         return format_result(hits, return_scores)
+
+    @app.get("/ready")
+    def ready() -> Any:
+        # readiness (for an orchestrator): a one-document probe search answers; /health is liveness + counters
+        try:
+            retriever.search(["ready"], 1)
+        except Exception as exc:
+            return JSONResponse(status_code=503, content={"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+        return {"ready": True}
 
     @app.get("/health")
     def health() -> dict[str, Any]:
