@@ -50,8 +50,13 @@ def find_image(name: str, roots: list[Path], where: str) -> Path:
     raise RecordError(where, f"image {name!r} not found (looked in {looked})", R_IMAGE)
 
 
-def _roots(base: Path) -> list[Path]:
-    return [base / "images", base, base / "figures"]
+def _files(path: Path, suffix: str, expected: str) -> tuple[list[Path], list[Path]]:
+    """(the data files: every *suffix in the folder, or the one file; the folders its images may be in)."""
+    files = sorted(path.glob(f"*{suffix}")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{path}: no {suffix} files in this folder (expected {expected})")
+    base = path if path.is_dir() else path.parent
+    return files, [base / "images", base, base / "figures"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -60,13 +65,10 @@ def _roots(base: Path) -> list[Path]:
 
 
 def load_pmc_vqa(path: Path, skips: SkipLog) -> Iterator[Question]:
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"{path}: no .csv files in this folder (expected PMC-VQA's train.csv / test_clean.csv)")
-    base = path if path.is_dir() else path.parent
+    files, roots = _files(path, ".csv", "PMC-VQA's train.csv / test_clean.csv")
     for csv_path in files:
         yield from guarded(_dict_rows(csv_path), lambda where, row, p=csv_path: pmc_vqa_question(
-            where, row, split_from_name(p), f"pmcvqa-{p.stem}", _roots(base)), skips)
+            where, row, split_from_name(p), f"pmcvqa-{p.stem}", roots), skips)
 
 
 def _dict_rows(path: Path) -> Iterator[tuple[str, tuple[int, dict]]]:
@@ -126,17 +128,14 @@ YES_NO = {"A": "yes", "B": "no"}
 
 
 def load_ehrxqa(path: Path, skips: SkipLog) -> Iterator[Question]:
-    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"{path}: no .json files in this folder (expected EHRXQA's train/valid/test.json)")
-    base = path if path.is_dir() else path.parent
+    files, roots = _files(path, ".json", "EHRXQA's train/valid/test.json")
     for json_path in files:
         records = read_json_file(json_path)
         if not isinstance(records, list):
             raise DataError(f"{json_path}: expected a JSON list of questions, got {type(records).__name__}")
         items = ((f"{json_path}[{i}]", (i, r)) for i, r in enumerate(records))
         yield from guarded(items, lambda where, item, p=json_path: ehrxqa_question(
-            where, item, split_from_name(p), f"ehrxqa-{p.stem}", _roots(base)), skips)
+            where, item, split_from_name(p), f"ehrxqa-{p.stem}", roots), skips)
 
 
 def ehrxqa_question(where: str, item: tuple[int, Any], split: str, prefix: str, roots: list[Path] | None) -> Question:
