@@ -222,8 +222,12 @@ class MethodEngine:
         cfg = dataclasses.replace(self.cfg, temperature=requests[0].temperature, top_p=requests[0].top_p)
         records = llm_batch(questions, cfg, self.loaded, self.retriever, seed=requests[0].seed, backend=self.backend,
                             generator=self.generator)
-        return [Completion(rec["completion"], "length" if rec["finish_reason"] in ("budget", "max_turns") else "stop",
+        # usage counts the generated tokens only: a trajectory's prompt grows with every search
+        return [Completion(rec["completion"], "length" if rec["finish_reason"] in CUT_OFF else "stop",
                            0, int(rec["n_generated"]), _trace(rec)) for rec in records]
+
+
+CUT_OFF = ("budget", "max_turns", "forced")  # the budget ended the reply (a forced answer included)
 
 
 def _trace(rec: dict) -> dict[str, Any]:
