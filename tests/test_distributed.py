@@ -1,0 +1,73 @@
+"""Multi-process training on CPU: `torchrun --nproc_per_node 2` (DDP over gloo, which accelerate and TRL pick up)
+of `medr1 sft` and `medr1 grpo` on the smoke recipe. Two processes with 4 examples each step like one process with
+8: the same losses, token counts and gradient norms.
+
+    pytest tests/test_distributed.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "recipes" / "smoke.yaml")
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MEDR1_HOME": os.environ.get("MEDR1_HOME", "")}
+    env = {k: v for k, v in env.items() if v}
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _torchrun(*cli: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+            str(free_port()), "-m", "medr1.cli", *cli]
+
+
+def _steps(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path) -> None:
+    two, one = tmp_path / "ddp", tmp_path / "single"
+    ran = _run(_torchrun("sft", "--config", SMOKE, f"output_dir={two}"), tmp_path)
+    assert (ran.stdout + ran.stderr).count("sft: 2 steps") == 2  # both ranks stepped to the end
+    _run([sys.executable, "-m", "medr1.cli", "sft", "--config", SMOKE, f"output_dir={one}",
+          "per_device_train_batch_size=8"], tmp_path)
+    a, b = _steps(two), _steps(one)
+    assert [s["step"] for s in a] == [1, 2] and [s["epoch"] for s in a] == pytest.approx([1 / 3, 2 / 3])
+    for x, y in zip(a, b):
+        assert x["num_tokens"] == y["num_tokens"]  # each rank trained its half of the same 8 examples
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-4) and x["grad_norm"] == pytest.approx(y["grad_norm"], abs=1e-4)
+
+    grpo = tmp_path / "grpo"
+    ran = _run(_torchrun("grpo", "--config", SMOKE, f"model={two}/final", f"output_dir={grpo}"), tmp_path)
+    assert (ran.stdout + ran.stderr).count("grpo: 2 steps") == 2
+    steps = _steps(grpo)
+    assert [s["step"] for s in steps] == [1, 2] and all(s["loss"] == s["loss"] for s in steps)  # finite, no NaN
+    assert (grpo / "final" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("name, kind, section, checks", [
+    ("zero3.yaml", "DEEPSPEED", "deepspeed_config", {"zero_stage": 3, "zero3_save_16bit_model": True}),
+    ("fsdp.yaml", "FSDP", "fsdp_config", {"fsdp_version": 2, "fsdp_state_dict_type": "FULL_STATE_DICT",
+                                          "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}),
+])
+def test_the_gpu_accelerate_configs_parse_with_accelerate(name, kind, section, checks) -> None:
+    import transformers
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / "recipes" / "accelerate" / name))
+    assert cfg.distributed_type.name == kind and cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
+    assert {k: getattr(cfg, section)[k] for k in checks} == checks
+    wrap = getattr(cfg, section).get("fsdp_transformer_layer_cls_to_wrap")
+    assert wrap is None or hasattr(transformers.models.llama.modeling_llama, wrap)  # the 8B target is a Llama
