@@ -8,9 +8,12 @@
    in a subprocess on 127.0.0.1, client threads with one httpx connection each, one query per request, topk 5;
    each level is bounded in requests and seconds.
 3. Load: 32 clients x 200 requests; reports errors (anything but HTTP 200 with a well-formed answer).
+4. Scale-out: N client processes x M concurrent rollouts, each request a batch of queries (GRPO batch sizes),
+   against the service with 1 and 2 uvicorn workers (`serve-retriever --workers`); queries/s per cell.
 
     python bench/retrieval.py                       # a few minutes on a laptop
     python bench/retrieval.py --queries 50 --load-requests 50 --skip-dense
+    python bench/retrieval.py --scale-only               # just the workers x client processes table
 """
 
 from __future__ import annotations
@@ -147,12 +150,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(index_dir: Path, workers: int = 1) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-m", "medr1.cli", "serve-retriever", "--index", str(index_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]
+           "--port", str(port), "--log-level", "warning", "--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -214,6 +217,67 @@ def run_clients(url: str, queries: list[str], clients: int, per_client: int, max
     }
 
 
+def _client_process(args: tuple) -> tuple[int, int, float]:
+    """One rollout worker process: `threads` concurrent rollouts, each sending `batch` queries per request (what
+    one GRPO micro-step of that many trajectories asks at once) until `seconds` pass; (queries, errors, wall)."""
+    url, queries, threads, batch, seconds, offset = args
+    import httpx
+
+    counts = [0] * threads
+    errors = [0] * threads
+
+    def rollout(t: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            i = offset + t
+            while time.perf_counter() < stop:
+                qs = [queries[(i + j) % len(queries)] for j in range(batch)]
+                i += batch * threads
+                try:
+                    r = http.post(url + "/retrieve", json={"queries": qs, "topk": 3})
+                    ok = r.status_code == 200 and len(r.json()["result"]) == batch
+                except Exception:
+                    ok = False
+                counts[t] += batch if ok else 0
+                errors[t] += 0 if ok else 1
+
+    start = time.perf_counter()
+    stop = start + seconds
+    pool = [threading.Thread(target=rollout, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    return sum(counts), sum(errors), time.perf_counter() - start
+
+
+def scale_out(index_dir: Path, queries: list[str], workers_list: list[int], procs_list: list[int], threads: int,
+              batch: int, seconds: float) -> list[dict]:
+    """Queries/s of N client processes x M rollouts for each server worker count (one server per count)."""
+    from multiprocessing import get_context
+
+    rows = []
+    for workers in workers_list:
+        proc, url = start_server(index_dir, workers)
+        try:
+            _client_process((url, queries, 2, batch, 3.0, 0))  # warm-up: every worker pages the index in
+            for procs in procs_list:
+                with get_context("spawn").Pool(procs) as pool:
+                    parts = pool.map(_client_process, [(url, queries, threads, batch, seconds, 7919 * p)
+                                                       for p in range(procs)])
+                done, errors = sum(p[0] for p in parts), sum(p[1] for p in parts)
+                wall = max(p[2] for p in parts)
+                rows.append({"server_workers": workers, "client_processes": procs, "rollouts": procs * threads,
+                             "batch": batch, "queries": done, "errors": errors, "qps": done / wall})
+                log(f"workers {workers}, {procs} x {threads} rollouts: {done / wall:.0f} queries/s")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ output
 
 
@@ -234,6 +298,12 @@ def main() -> None:
     ap.add_argument("--load-clients", type=int, default=32)
     ap.add_argument("--load-requests", type=int, default=200, help="requests per client in the load test")
     ap.add_argument("--skip-service", action="store_true")
+    ap.add_argument("--scale-only", action="store_true", help="only the workers x client-processes table")
+    ap.add_argument("--scale-workers", default="1,2", help="server worker counts for the scale-out table")
+    ap.add_argument("--scale-procs", default="1,2,4", help="client process counts for the scale-out table")
+    ap.add_argument("--scale-threads", type=int, default=4, help="concurrent rollouts per client process")
+    ap.add_argument("--scale-batch", type=int, default=8, help="queries per request (a GRPO micro-step's rollouts)")
+    ap.add_argument("--scale-seconds", type=float, default=8.0)
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
 
@@ -246,6 +316,9 @@ def main() -> None:
     log(f"corpus: {len(docs)} documents ({corpus_dir}); queries: {qdesc}")
     print(f"machine: {os.cpu_count()} CPUs visible; corpus: HPO, {len(docs)} documents; queries: {qdesc}")
 
+    if args.scale_only:
+        print_scale(args, queries, {"queries": qdesc})
+        return
     bm = bench_bm25(docs, queries, args.k, args.rank_budget)
     print(f"\nBM25: bm25s vs rank-bm25 (BM25Okapi), same tokens, {bm['queries']} queries, k={bm['k']} "
           f"(tokenization {bm['tokenize_s']:.2f} s, shared, not in the build times)")
@@ -299,6 +372,27 @@ def main() -> None:
         print(f"server counters: {health['requests']} answered, {health['bad_requests']} bad requests, "
               f"{health['errors']} server errors")
         results.update(levels=levels, load=load)
+        print_scale(args, queries, results)
+        return
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def print_scale(args: argparse.Namespace, queries: list[str], results: dict) -> None:
+    from medr1.retrieval import ensure_default_index
+
+    rows = scale_out(ensure_default_index(), queries, [int(x) for x in args.scale_workers.split(",")],
+                     [int(x) for x in args.scale_procs.split(",")], args.scale_threads, args.scale_batch,
+                     args.scale_seconds)
+    print(f"\nScale-out: N client processes x {args.scale_threads} concurrent rollouts, {args.scale_batch} queries "
+          f"per request, {args.scale_seconds:.0f} s per cell, on the same {os.cpu_count()} CPUs as the server")
+    table_rows = [["server workers", "client processes", "rollouts", "queries/s", "errors", "vs 1 worker"]]
+    base = {r["client_processes"]: r["qps"] for r in rows if r["server_workers"] == rows[0]["server_workers"]}
+    for r in rows:
+        table_rows.append([str(r["server_workers"]), str(r["client_processes"]), str(r["rollouts"]),
+                           f"{r['qps']:.0f}", str(r["errors"]), f"{r['qps'] / base[r['client_processes']]:.2f}x"])
+    print(table(table_rows))
+    results["scale_out"] = rows
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -326,3 +327,38 @@ def test_readiness_probes_a_search(bm25):
 
     reply = TestClient(create_app(Broken())).get("/ready")
     assert reply.status_code == 503 and "index file vanished" in reply.json()["error"]
+
+
+def test_two_uvicorn_workers_serve_the_same_index(tmp_path):
+    """`serve-retriever --workers 2`: two processes on one port, each loading the index; both answer alike."""
+    import subprocess
+    import sys
+
+    from helpers import free_port
+
+    from medr1.retrieval.index import build_index
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(FIXTURE / "docs.jsonl", corpus / "docs.jsonl")
+    index = build_index(corpus, "bm25", tmp_path / "idx", show_progress=False)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "medr1.cli", "serve-retriever", "--index", str(index), "--port",
+                             str(port), "--workers", "2", "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError(f"no ready worker: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+        body = {"queries": ["arachnodactyly ectopia lentis"], "topk": 2}
+        answers = {json.dumps(httpx.post(url + "/retrieve", json=body).json()) for _ in range(20)}
+        assert len(answers) == 1  # every worker gives the same answer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

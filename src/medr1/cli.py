@@ -323,8 +323,9 @@ def serve_retriever(
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (warning for quiet)."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (off: costs throughput)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Server processes on the one port (uvicorn workers)."),
 ) -> None:
-    """Serve an index over HTTP in Search-R1's contract: POST /retrieve, GET /health.
+    """Serve an index over HTTP in Search-R1's contract: POST /retrieve, GET /health, GET /ready.
 
     Example: medr1 serve-retriever --index indexes/hpo-bm25 --port 8000
 
@@ -340,7 +341,8 @@ def serve_retriever(
         echo_err(f"warning: binding {host}: the retriever is reachable from other machines (no authentication)")
     echo_err(f"serving {getattr(retriever, 'kind', '?')} index over {getattr(retriever, 'num_docs', '?')} documents "
              f"at http://{host}:{port}/retrieve")
-    serve(retriever, host=host, port=port, log_level=log_level, access_log=access_log)
+    serve(retriever, host=host, port=port, log_level=log_level, access_log=access_log, workers=workers,
+          index=str(index) if index else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -172,10 +172,31 @@ def _body_dependency(max_body_bytes: int) -> Any:
     return Depends(read_body)
 
 
-def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          access_log: bool = False) -> None:
+INDEX_ENV = "MEDR1_SERVE_INDEX"  # how `--workers N` hands the index to each worker process
+
+
+def app_from_env() -> Any:
+    """The app factory uvicorn's worker processes call: each opens the index named in $MEDR1_SERVE_INDEX
+    (memory-mapped, so N workers share its pages)."""
+    import os
+
+    from medr1.retrieval import open_retriever
+
+    return create_app(open_retriever(os.environ.get(INDEX_ENV) or None))
+
+
+def serve(retriever: Retriever | None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          access_log: bool = False, workers: int = 1, index: str | None = None) -> None:
     """Run the service with uvicorn until interrupted. The per-request access log is off by default: under RL
-    load it is thousands of lines a minute and costs throughput; errors are still logged."""
+    load it is thousands of lines a minute and costs throughput; errors are still logged. `workers` > 1 runs that
+    many processes on one port (uvicorn's workers), each loading `index` itself."""
+    import os
+
     import uvicorn
 
+    if workers > 1:
+        os.environ[INDEX_ENV] = index or ""
+        uvicorn.run("medr1.retrieval.service:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_level=log_level, access_log=access_log)
+        return
     uvicorn.run(create_app(retriever), host=host, port=port, log_level=log_level, access_log=access_log)
