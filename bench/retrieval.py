@@ -171,6 +171,14 @@ def start_server(index_dir: Path, workers: int = 1) -> tuple[subprocess.Popen, s
     raise RuntimeError("server did not start within 120 s")
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def run_clients(url: str, queries: list[str], clients: int, per_client: int, max_seconds: float) -> dict:
     """`clients` threads each send up to `per_client` one-query requests; stops early at `max_seconds`."""
     import httpx
@@ -270,11 +278,7 @@ def scale_out(index_dir: Path, queries: list[str], workers_list: list[int], proc
                              "batch": batch, "queries": done, "errors": errors, "qps": done / wall})
                 log(f"workers {workers}, {procs} x {threads} rollouts: {done / wall:.0f} queries/s")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     return rows
 
 
@@ -349,11 +353,7 @@ def main() -> None:
             load = run_clients(url, queries, args.load_clients, args.load_requests, 600)
             health = json.loads(__import__("httpx").get(url + "/health").text)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
         print(f"\nService latency on loopback (medr1 serve-retriever, bm25 over {len(docs)} documents, one query "
               f"per request, topk 5; each level bounded to {args.level_requests} requests / {args.level_seconds:.0f} s)")
         rows = [["clients", "requests", "errors", "req/s", "p50 ms", "p99 ms", "max ms"]]
