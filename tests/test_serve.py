@@ -109,6 +109,8 @@ def test_self_ask_behind_the_endpoint_returns_the_trace() -> None:
     assert out["medr1"]["retrieved_titles"] == [["Marfan syndrome"]] and out["medr1"]["method"] == "self-ask"
     assert "B. Marfan syndrome" in llm.messages[-1][-1]["content"]  # the options reached the method's prompt
     assert llm.calls[-1]["cfg"].max_turns == 2  # the server's budget, not the request's
+    empty = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "  "}]})
+    assert empty.status_code == 422 and "it is empty" in empty.json()["error"]["message"]
 
 
 class Recording:

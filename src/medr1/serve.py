@@ -333,6 +333,8 @@ def create_app(engine: Callable[[Sequence[ChatRequest]], list[Completion]], cfg:
             return error(413, f"request body of {len(body)} bytes exceeds the limit of {cfg.max_body_bytes}")
         try:
             req = parse_chat_request(body, cfg.model_name, cfg.max_tokens, cfg.default_max_tokens)
+            if cfg.method and not req.case.strip():
+                raise BadRequest(422, f"the last user message is the case for {cfg.method}; it is empty")
             future = batcher.submit(req)
         except BadRequest as exc:
             return error(exc.status, exc.message)
