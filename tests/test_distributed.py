@@ -60,18 +60,3 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path) -> No
     assert [s["step"] for s in steps] == [1, 2] and all(s["loss"] == s["loss"] for s in steps)  # finite, no NaN
     assert (grpo / "final" / "config.json").is_file()
 
-
-@pytest.mark.parametrize("name, kind, section, checks", [
-    ("zero3.yaml", "DEEPSPEED", "deepspeed_config", {"zero_stage": 3, "zero3_save_16bit_model": True}),
-    ("fsdp.yaml", "FSDP", "fsdp_config", {"fsdp_version": 2, "fsdp_state_dict_type": "FULL_STATE_DICT",
-                                          "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}),
-])
-def test_the_gpu_accelerate_configs_parse_with_accelerate(name, kind, section, checks) -> None:
-    import transformers
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    cfg = load_config_from_file(str(ROOT / "recipes" / "accelerate" / name))
-    assert cfg.distributed_type.name == kind and cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
-    assert {k: getattr(cfg, section)[k] for k in checks} == checks
-    wrap = getattr(cfg, section).get("fsdp_transformer_layer_cls_to_wrap")
-    assert wrap is None or hasattr(transformers.models.llama.modeling_llama, wrap)  # the 8B target is a Llama

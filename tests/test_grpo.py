@@ -271,7 +271,13 @@ def test_accelerate_configs_are_what_accelerate_reads(name):
     assert cfg.distributed_type.value == ("DEEPSPEED" if name == "zero3.yaml" else "FSDP")
     assert cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
     if name == "zero3.yaml":
-        assert cfg.deepspeed_config["zero_stage"] == 3
+        assert cfg.deepspeed_config["zero_stage"] == 3 and cfg.deepspeed_config["zero3_save_16bit_model"] is True
+    else:
+        import transformers
+
+        assert cfg.fsdp_config["fsdp_version"] == 2 and cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+        wrap = cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+        assert hasattr(transformers.models.llama.modeling_llama, wrap)  # the 8B target is a Llama
 
 
 def test_trl_keys_pass_through_flat():
