@@ -179,7 +179,9 @@ def test_an_engine_failure_is_a_500_and_the_next_request_is_served() -> None:
             raise RuntimeError("out of memory")
         return [serve.Completion("ok", "stop", 1, 1) for _ in requests]
 
-    client = TestClient(serve.create_app(flaky))
+    client = TestClient(serve.create_app(flaky, serve.ServeConfig(max_body_bytes=200)))
+    big = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 300}]})
+    assert big.status_code == 413 and "exceeds the limit of 200" in big.json()["error"]["message"]
     first = client.post("/v1/chat/completions", json={"messages": USER})
     assert first.status_code == 500 and "RuntimeError: out of memory" in first.json()["error"]["message"]
     assert client.post("/v1/chat/completions", json={"messages": USER}).status_code == 200

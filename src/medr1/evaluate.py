@@ -511,8 +511,8 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
                 if acc is not None else "n/a")
     rows.append(("accuracy", interval))
     for key in ("n", "chance_accuracy", "predictions", "unparseable_rate", "gold_hit_rate", *RAG_KEYS,
-                "searches_per_question", "generated_tokens_mean", "seconds_per_question", "bleu", "rouge_l", "n_with_explanation", "tool_errors",
-                "finish_reasons"):
+                "searches_per_question", "generated_tokens_mean", "seconds_per_question", "bleu", "rouge_l",
+                "n_with_explanation", "tool_errors", "finish_reasons"):
         rows.append((key, fmt(key, metrics.get(key))))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

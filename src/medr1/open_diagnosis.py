@@ -54,7 +54,7 @@ import numpy as np
 
 from medr1.data.hpo import HPO
 from medr1.data.phenopackets import CHOICE_ASK, SEEN, UNSEEN
-from medr1.data.schema import LETTERS, Document, Question
+from medr1.data.schema import LETTERS, OPEN_MARK, Document, Question
 from medr1.errors import ConfigError
 from medr1.io import seeded_order
 from medr1.methods import get_method
@@ -309,7 +309,7 @@ def open_question(case: Question) -> Question:
     name = name or (case.options.get(case.answer) if case.options else None) or case_gold(case) or case.answer
     return Question(id=case.id, question=case.question.replace(CHOICE_ASK, OPEN_ASK), options={}, answer=str(name),
                     source=case.source, split=case.split, gold_doc_ids=list(case.gold_doc_ids),
-                    meta={**(case.meta if isinstance(case.meta, dict) else {}), "task": "open"})
+                    meta={**(case.meta if isinstance(case.meta, dict) else {}), **OPEN_MARK})
 
 
 def case_gold(question: Question) -> str | None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import json
 import threading
 import time
 import uuid
@@ -39,9 +38,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medr1.retrieval.service import BadRequest, body_dependency, parse_json_object
 
 ROLES = ("system", "user", "assistant")
 MAX_STOPS = 4
@@ -49,13 +50,6 @@ MAX_STOPS = 4
 FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n",
           "stream", "user", "options", "frequency_penalty", "presence_penalty", "logprobs"}
 NEUTRAL = {"n": 1, "stream": False, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False}
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -152,14 +146,7 @@ def _options(value: Any) -> dict[str, str]:
 
 def parse_chat_request(body: bytes, model_name: str, max_tokens_limit: int, default_max_tokens: int) -> ChatRequest:
     """Validate a /v1/chat/completions body; raises BadRequest (status, message)."""
-    try:
-        obj = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest(400, "request body is not valid UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(400, f"request body is not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise BadRequest(400, f"request body must be a JSON object, got {type(obj).__name__}")
+    obj = parse_json_object(body)
     unknown = sorted(set(obj) - FIELDS)
     if unknown:
         raise BadRequest(422, f"unknown field(s) {unknown}; served fields: {sorted(FIELDS)}")
@@ -327,10 +314,7 @@ def create_app(engine: Callable[[Sequence[ChatRequest]], list[Completion]], cfg:
         return error(exc.status_code, str(exc.detail))
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        body = await request.body()
-        if len(body) > cfg.max_body_bytes:
-            return error(413, f"request body of {len(body)} bytes exceeds the limit of {cfg.max_body_bytes}")
+    async def chat(body: bytes = body_dependency(cfg.max_body_bytes)) -> Any:
         try:
             req = parse_chat_request(body, cfg.model_name, cfg.max_tokens, cfg.default_max_tokens)
             if cfg.method and not req.case.strip():

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medr1.data.loaders import RecordError, guarded, make_question, read_json_file, require, split_from_name
-from medr1.data.schema import Question
+from medr1.data.schema import OPEN_MARK, Question
 from medr1.errors import DataError
 from medr1.io import SkipLog
 
@@ -160,4 +160,4 @@ def ehrxqa_question(where: str, item: tuple[int, Any], split: str, prefix: str, 
                              answer="A" if keywords[0].lower() == "yes" else "B", source="ehrxqa", split=split,
                              image=image, meta=meta)
     return make_question(where, id=qid, question=question, options={}, answer=", ".join(keywords), source="ehrxqa",
-                         split=split, image=image, meta={**meta, "task": "open"})
+                         split=split, image=image, meta={**meta, **OPEN_MARK})

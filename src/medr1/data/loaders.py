@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medr1.data.schema import LETTERS, Question
+from medr1.data.schema import LETTERS, Question, marks_open
 from medr1.errors import DataError
 from medr1.io import SkipLog, jsonl_records
 
@@ -61,7 +61,7 @@ def make_question(where: str, **fields: Any) -> Question:
     text = fields.get("question")
     if not isinstance(text, str) or not text.strip():
         raise RecordError(where, "empty question text", R_QUESTION)
-    if isinstance(fields.get("meta"), dict) and fields["meta"].get("task") == "open":
+    if marks_open(fields.get("meta")):
         return _validated(where, fields)
     options = fields.get("options")
     if not isinstance(options, dict) or len(options) < 2:

@@ -14,6 +14,13 @@ from medr1.errors import DataError
 LETTERS = "ABCDEFGHIJ"
 
 
+OPEN_MARK = {"task": "open"}  # in a Question's meta: no options, a free-text gold
+
+
+def marks_open(meta: Any) -> bool:
+    return isinstance(meta, dict) and meta.get("task") == OPEN_MARK["task"]
+
+
 @dataclass
 class Question:
     id: str
@@ -71,7 +78,7 @@ class Question:
     @property
     def is_open(self) -> bool:
         """An open question has no options and a free-text gold (a diagnosis name, EHRXQA's answer keywords)."""
-        return isinstance(self.meta, dict) and self.meta.get("task") == "open"
+        return marks_open(self.meta)
 
     @property
     def subset(self) -> str | None:

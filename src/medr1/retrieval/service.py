@@ -48,9 +48,8 @@ class BadRequest(Exception):
         self.message = message
 
 
-def parse_request(body: bytes, default_topk: int = DEFAULT_TOPK, max_topk: int = MAX_TOPK,
-                  max_query_chars: int = MAX_QUERY_CHARS) -> tuple[list[str], int, bool]:
-    """Validate a /retrieve body; returns (queries, topk, return_scores) or raises BadRequest."""
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or BadRequest(400) saying why not (also `medr1.serve`'s first check)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -61,6 +60,13 @@ def parse_request(body: bytes, default_topk: int = DEFAULT_TOPK, max_topk: int =
         raise BadRequest(400, f"request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     if not isinstance(obj, dict):
         raise BadRequest(400, f"request body must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def parse_request(body: bytes, default_topk: int = DEFAULT_TOPK, max_topk: int = MAX_TOPK,
+                  max_query_chars: int = MAX_QUERY_CHARS) -> tuple[list[str], int, bool]:
+    """Validate a /retrieve body; returns (queries, topk, return_scores) or raises BadRequest."""
+    obj = parse_json_object(body)
     unknown = set(obj) - ALLOWED_FIELDS
     if unknown:
         raise BadRequest(422, f"unknown field(s) {sorted(unknown)}; expected {sorted(ALLOWED_FIELDS)}")
@@ -114,7 +120,7 @@ def create_app(retriever: Retriever, default_topk: int = DEFAULT_TOPK, max_topk:
         return error(exc.status_code, str(exc.detail))
 
     @app.post("/retrieve")
-    def retrieve(body: bytes = _body_dependency(max_body_bytes)) -> Any:
+    def retrieve(body: bytes = body_dependency(max_body_bytes)) -> Any:
         try:
             queries, topk, return_scores = parse_request(body, default_topk, max_topk, max_query_chars)
         except BadRequest as exc:
@@ -155,7 +161,7 @@ def create_app(retriever: Retriever, default_topk: int = DEFAULT_TOPK, max_topk:
     return app
 
 
-def _body_dependency(max_body_bytes: int) -> Any:
+def body_dependency(max_body_bytes: int) -> Any:
     """A FastAPI dependency that reads the raw body, refusing oversized ones (413) before reading them whole."""
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
