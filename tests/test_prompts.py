@@ -38,7 +38,8 @@ def test_self_ask_teaches_search_protocol_with_one_example() -> None:
     for tag in (tags.SEARCH_OPEN, tags.SEARCH_CLOSE, tags.INFO_OPEN, tags.INFO_CLOSE):
         assert tag in text
     assert text.count("Example:") == 1
-    assert tags.search_queries(text) == ["query", "fever neck stiffness"]
+    # the plain search, the candidate search over the options (`medr1.retrieval.candidates`), then the example's
+    assert tags.search_queries(text) == ["query", "findings | among: option; option", "fever neck stiffness"]
     assert text.index("Example:") < text.index(Q.question)  # instructions first, the case last
 
 
@@ -57,7 +58,7 @@ def test_rag_puts_passages_before_the_question() -> None:
 def test_free_text_case_asks_for_a_diagnosis_name() -> None:
     free = Question(id="ask", question="Recurrent fever and serositis.", options={}, answer="")
     text = build_messages(free, "self-ask")[0]["content"]
-    assert "Options:" not in text
+    assert "Options:" not in text and "among:" not in text  # no options to compare
     assert f"{tags.ANSWER_OPEN}diagnosis name{tags.ANSWER_CLOSE}" in text
     assert "LETTER" not in text
 

@@ -433,9 +433,59 @@ def test_open_retriever_dispatches_on_spec(bm25_dir):
     from medr1.retrieval.bm25 import BM25Retriever
     from medr1.retrieval.client import RetrieverClient
 
-    assert isinstance(open_retriever(str(bm25_dir)), BM25Retriever)
+    from medr1.retrieval.candidates import CandidateSearch
+
+    local = open_retriever(str(bm25_dir))
+    assert isinstance(local, CandidateSearch) and isinstance(local.inner, BM25Retriever)
     client = open_retriever("http://127.0.0.1:9/")
     assert isinstance(client, RetrieverClient) and client.url == "http://127.0.0.1:9/retrieve"
+
+
+# ------------------------------------------------------------------------------------------------ candidate search
+
+
+def test_candidate_query_round_trip_and_plain_queries():
+    from medr1.retrieval.candidates import MAX_CANDIDATES, candidate_query, split_candidate_query
+
+    q = candidate_query("tall stature, ectopia lentis", ["Marfan syndrome", " Wilson disease "])
+    assert q == "tall stature, ectopia lentis | among: Marfan syndrome; Wilson disease"
+    assert split_candidate_query(q) == ("tall stature, ectopia lentis", ["Marfan syndrome", "Wilson disease"])
+    assert split_candidate_query("seizures |AMONG:  A;; A ; B;") == ("seizures", ["A", "B"])  # spacing, case, dups
+    assert split_candidate_query("seizures | among: ; ") is None and split_candidate_query("a | b") is None
+    many = split_candidate_query("x | among: " + "; ".join(f"d{i}" for i in range(30)))
+    assert many is not None and len(many[1]) == MAX_CANDIDATES
+
+
+def test_candidate_search_returns_only_the_named_documents_ranked_as_the_bm25_ranker(bm25):
+    from medr1.retrieval.candidates import CandidateSearch
+    from medr1.retrieval.ranker import OptionRanker
+
+    search = CandidateSearch(bm25)
+    findings = "tall stature, arachnodactyly, ectopia lentis, seizures"
+    names = ["Wilson disease", "Phenylketonuria", "Marfan syndrome", "Cystic fibrosis"]
+    hits = search.search([f"{findings} | among: {'; '.join(names)}"], k=3)[0]
+    assert [h.doc.title for h in hits] == ["Marfan syndrome", "Phenylketonuria", "Wilson disease"]
+    assert hits[0].score > hits[1].score > 0 == hits[2].score  # Wilson and cystic fibrosis tie at 0: names order
+    # the same scores as the bm25-ranker's for those options, and the plain search never sees the candidates
+    q = Question(id="q", question=findings, options=dict(zip("ABCD", names)), answer="C")
+    ranked = OptionRanker(bm25).rank(q)
+    assert ranked["prediction"] == "C" and hits[0].score == ranked["options"]["C"]["score"]
+    plain = bm25.search([findings], k=3)[0]
+    assert [h.doc.id for h in search.search([findings], k=3)[0]] == [h.doc.id for h in plain]
+    # the term documents the plain search finds are no candidates
+    assert {"HP:0001166", "HP:0001083"} & {h.doc.id for h in plain} and not {h.doc.id for h in hits} & {"HP:0001166", "HP:0001083"}
+
+
+def test_candidate_search_mixed_batch_unknown_names_and_attributes(bm25):
+    from medr1.retrieval.candidates import CandidateSearch
+
+    search = CandidateSearch(bm25)
+    queries = ["Kayser-Fleischer rings", "Kayser-Fleischer rings | among: Wilson disease; Wilson disease",
+               "Kayser-Fleischer rings | among: zzzz qqqq"]
+    plain, named, unknown = search.search(queries, k=5)
+    assert [h.doc.title for h in named] == ["Wilson disease"]  # a name given twice comes back once
+    assert unknown == bm25.search(["Kayser-Fleischer rings"], k=5)[0] == plain  # no document: a plain search
+    assert search.docs is bm25.docs and search.num_docs == bm25.num_docs  # the rest is the index's
 
 
 def test_ensure_default_index_builds_once_and_rebuilds_on_corpus_change(tmp_path, monkeypatch):

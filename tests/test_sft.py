@@ -50,8 +50,8 @@ def test_masks_are_exact(loaded):
     from medr1.models import chat_prompt_ids
 
     cfg = sft.SFTConfig(model=models.TINY_MODEL)
-    example = sft.build_traces([question(0)], TitledRetriever(["Tall stature", "Myopia"]), cfg)[0]
-    assert example.searches == 2 and not example.gold_in_results
+    example = sft.build_traces([question(0)], TitledRetriever(["Tall stature", "Marfan syndrome"]), cfg)[0]
+    assert example.searches == 1 and example.gold_in_results
     row = sft.tokenize_example(loaded, example, max_length=4096, max_info_tokens=384)
     ids, mask = row["input_ids"], row["assistant_masks"]
     tok = loaded.tokenizer
@@ -73,10 +73,10 @@ def test_masks_are_exact(loaded):
     assert ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
     trained_text = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=True)
     assert tags.INFO_OPEN not in trained_text and "97th centile" not in trained_text
-    assert trained_text.count(tags.SEARCH_OPEN) == 2 and trained_text.endswith("<answer>Marfan syndrome (B)</answer>")
-    # The two blocks the environment inserts are exactly the untrained part after the prompt.
+    assert trained_text.count(tags.SEARCH_OPEN) == 1 and trained_text.endswith("<answer>Marfan syndrome (B)</answer>")
+    # The block the environment inserts is exactly the untrained part after the prompt.
     untrained = tok.decode([t for t, m in zip(ids[n_prompt:], mask[n_prompt:]) if not m])
-    assert untrained.count(tags.INFO_OPEN) == 2 and untrained.count(tags.INFO_CLOSE) == 2
+    assert untrained.count(tags.INFO_OPEN) == 1 and untrained.count(tags.INFO_CLOSE) == 1
 
 
 def test_trace_tokens_equal_what_the_rollout_produces(loaded):
@@ -87,7 +87,7 @@ def test_trace_tokens_equal_what_the_rollout_produces(loaded):
     from medr1.rollout import RolloutConfig, run_rollouts
 
     cfg = sft.SFTConfig(topk=2, max_info_tokens=48)  # small budget: passages get cut
-    retriever = TitledRetriever(["Tall stature", "Myopia"])  # no option found: a second search
+    retriever = TitledRetriever(["Tall stature", "Marfan syndrome"])
     example = sft.build_traces([question(0)], retriever, cfg)[0]
     row = sft.tokenize_example(loaded, example, 4096, cfg.max_info_tokens)
     own = [seg.text for seg in example.segments if seg.trained]
@@ -96,7 +96,7 @@ def test_trace_tokens_equal_what_the_rollout_produces(loaded):
                          max_info_tokens=cfg.max_info_tokens)
     prompt = chat_prompt_ids(loaded, example.messages)
     traj = run_rollouts(loaded, [prompt], retriever, rcfg, backend=backend)[0]
-    assert traj.finish_reason == "answer" and len(traj.queries) == 2
+    assert traj.finish_reason == "answer" and traj.queries == [sft.trace_query(question(0))]
     n = len(prompt)
     assert row["input_ids"][n:-1] == traj.token_ids  # everything but SFT's trained end-of-turn token
     assert row["assistant_masks"][n:-1] == traj.loss_mask
@@ -197,7 +197,9 @@ def test_trace_searches_and_cites_the_evidence_it_was_given():
     info = [seg for seg in example.segments if seg.passages is not None]
     assert len(info) == 1 and example.searches == 1 and example.gold_in_results
     first = example.segments[0].text
-    assert f"{tags.SEARCH_OPEN}tall stature, ectopia lentis, arachnodactyly{tags.SEARCH_CLOSE}" in first
+    # a candidate search: the findings compared among the options, in letter order
+    assert first.endswith(f"{tags.SEARCH_OPEN}tall stature, ectopia lentis, arachnodactyly | among: Homocystinuria; "
+                          f"Marfan syndrome; Stickler syndrome; Ehlers-Danlos{tags.SEARCH_CLOSE}")
     last = example.segments[-1].text
     # the documents cited are the ones inserted at those ranks, under those titles; the answer is the first option
     assert "Doc 1 (Tall stature) is not an option. Doc 2 (Marfan syndrome) is an option" in last
@@ -219,20 +221,31 @@ def test_trace_answers_the_first_retrieved_option_even_when_it_is_not_the_gold()
     assert example.segments[-1].text.endswith(f"{tags.ANSWER_OPEN}Homocystinuria (A){tags.ANSWER_CLOSE}")
 
 
-def test_trace_searches_the_options_when_the_evidence_names_none():
-    class TwoRounds(TitledRetriever):
-        def search(self, queries, k=5):
-            self.titles = ["Marfan syndrome"] if "Homocystinuria; Marfan syndrome" in queries[0] else ["Myopia"]
-            return super().search(queries, k)
+def test_trace_with_a_real_candidate_search_cites_only_options_and_answers_the_best():
+    """Through `open_retriever`'s candidate search on a real BM25 index, the trace's one search brings back only
+    the options' documents, best first; the trace names the first and answers it."""
+    from medr1.retrieval.bm25 import BM25Retriever
+    from medr1.retrieval.candidates import CandidateSearch
 
-    example = sft.build_traces([question(0)], TwoRounds([]), sft.SFTConfig())[0]
-    assert example.searches == 2 and example.gold_in_results
-    again = example.segments[2].text
-    assert "No document is an option. I will search the options with the findings." in again
-    assert again.endswith(f"{tags.SEARCH_OPEN}{sft.options_query(question(0))}{tags.SEARCH_CLOSE}")
-    assert sft.options_query(question(0)) == ("Homocystinuria; Marfan syndrome; Stickler syndrome; Ehlers-Danlos. "
-                                              "tall stature, ectopia lentis")
-    assert example.segments[-1].text.endswith(f"{tags.ANSWER_OPEN}Marfan syndrome (B){tags.ANSWER_CLOSE}")
+    docs = [Document("OMIM:154700", "Marfan syndrome", "Tall stature; ectopia lentis; arachnodactyly"),
+            Document("OMIM:236200", "Homocystinuria", "Ectopia lentis; intellectual disability; thrombosis"),
+            Document("OMIM:108300", "Stickler syndrome", "Myopia; cleft palate; hearing loss"),
+            Document("HP:0001083", "Ectopia lentis", "Ectopia lentis tall stature arachnodactyly")]
+    retriever = CandidateSearch(BM25Retriever.build(docs, show_progress=False))
+    example = sft.build_traces([question(0)], retriever, sft.SFTConfig(topk=3))[0]
+    info = next(seg for seg in example.segments if seg.passages is not None)
+    assert [p.split(")")[0] for p in info.passages] == ["Doc 1 (Title: Marfan syndrome",
+                                                        "Doc 2 (Title: Homocystinuria", "Doc 3 (Title: Stickler syndrome"]
+    assert example.searches == 1 and example.gold_in_results and example.first_option_at == "doc 1"
+    assert example.segments[-1].text == (f"{tags.THINK_OPEN}Doc 1 (Marfan syndrome) is an option and matches the "
+                                         f"findings.{tags.THINK_CLOSE}\n{tags.ANSWER_OPEN}Marfan syndrome (B)"
+                                         f"{tags.ANSWER_CLOSE}")
+
+
+def test_trace_without_an_option_among_the_results_answers_the_gold():
+    example = sft.build_traces([question(0)], TitledRetriever(["Myopia"]), sft.SFTConfig())[0]
+    assert example.searches == 1 and not example.gold_in_results and example.first_option_at == "none"
+    assert "No document is an option. Of the options, Marfan syndrome fits the findings best." in example.target_text
 
 
 def test_built_training_sets_have_balanced_gold_letters(tmp_path):
@@ -289,7 +302,9 @@ def test_open_traces_name_the_retrieved_gold_without_options(tmp_path):
     bare = open_question(question(0))
     missed = sft.build_traces([bare], TitledRetriever(["Myopia"]), sft.SFTConfig())[0]
     assert bare.options == {} and bare.answer == "Marfan syndrome"
-    assert not missed.gold_in_results and missed.searches == 1  # no second search: there are no options to search
+    assert not missed.gold_in_results and missed.searches == 1
+    assert missed.segments[0].text.endswith(f"{tags.SEARCH_OPEN}tall stature, ectopia lentis, arachnodactyly"
+                                            f"{tags.SEARCH_CLOSE}")  # no options: no candidate search
     assert "No document matches the findings. Marfan syndrome fits them best." in missed.segments[-1].text
 
 

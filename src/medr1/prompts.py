@@ -6,7 +6,8 @@ One builder per LLM method of the method table (`medr1.methods`), all on the tag
 - `rag`: MedRAG-style: the top-k passages retrieved with the question are shown first, then the question; think and
   answer as in `cot`.
 - `self-ask`: the model may write <search>query</search> any number of times; the environment answers with
-  <information>…</information>; it finishes with <answer>LETTER</answer>. One compact format example is included,
+  <information>…</information>; it finishes with <answer>LETTER</answer>. With options it is told of the candidate
+  search (`findings | among: option; option`, `medr1.retrieval.candidates`). One compact format example is included,
   because the embedded model (SmolLM2-135M) follows a shown pattern far better than a described one.
 
 Everything goes into a single user message: R1-Distill models are documented to work best without a system prompt,
@@ -93,12 +94,23 @@ def _cot_instructions(question: Question) -> str:
     )
 
 
+def _compare_instruction(question: Question) -> str:
+    """The candidate search (`medr1.retrieval.candidates`), offered where there are options to compare."""
+    if not question.options:
+        return ""
+    from medr1.retrieval.candidates import AMONG
+
+    return (f"To compare the options on the findings, write {SEARCH_OPEN}findings{AMONG}option; option"
+            f"{SEARCH_CLOSE}: only their documents come back, best first. ")
+
+
 def _self_ask_instructions(question: Question) -> str:
     ans = _example_answer(question)
     return (
         "You are a medical diagnostician. Reason inside "
         f"{THINK_OPEN}{THINK_CLOSE}. To look something up, write {SEARCH_OPEN}query{SEARCH_CLOSE}; "
         f"results come back in {INFO_OPEN}{INFO_CLOSE}. You may search several times. "
+        f"{_compare_instruction(question)}"
         f"Finish with {_answer_instruction(question)}.\n"
         "Example:\n"
         f"{THINK_OPEN}Fever and neck stiffness; I should check.{THINK_CLOSE}\n"

@@ -62,14 +62,16 @@ def ensure_default_index() -> Path:
 
 def open_retriever(spec: str | Path | None = None, timeout: float = 30.0, retries: int = 3) -> Retriever:
     """A Retriever from a spec: None -> the default HPO BM25 index; "http(s)://..." -> a client of a running
-    service; anything else -> a persisted index directory."""
+    service (which answers candidate queries itself); anything else -> a persisted index directory. A local index
+    also answers candidate queries (`FINDINGS | among: NAME; ...`, `medr1.retrieval.candidates`)."""
+    from medr1.retrieval.candidates import CandidateSearch
     from medr1.retrieval.index import load_index
 
     if spec is None or str(spec).strip() in ("", "default", DEFAULT_INDEX_NAME):
-        return load_index(ensure_default_index())
+        return CandidateSearch(load_index(ensure_default_index()))
     text = str(spec).strip()
     if text.startswith(("http://", "https://")):
         from medr1.retrieval.client import RetrieverClient
 
         return RetrieverClient(text, timeout=timeout, retries=retries)
-    return load_index(Path(text))
+    return CandidateSearch(load_index(Path(text)))

@@ -61,17 +61,24 @@ class OptionRanker:
             return exact, True
         return ([hits[0].doc] if hits else []), False
 
+    def score_names(self, findings: str, names: list[str]) -> list[tuple[Document, float, bool] | None]:
+        """For each name, its best document by BM25 of `findings`, that score and whether the title matched exactly
+        (None for a name with no document). The bm25-ranker and the candidate search (`retrieval.candidates`)."""
+        score_of = self._findings_scores(findings)
+        out: list[tuple[Document, float, bool] | None] = []
+        for name in names:
+            docs, exact = self._candidates(name)
+            best = max(docs, key=score_of) if docs else None  # max() keeps the first of equal scores
+            out.append(None if best is None else (best, score_of(best), exact))
+        return out
+
     def rank(self, question: Question) -> dict[str, Any]:
         """prediction (or None), per-option score, document id/title and exactness."""
-        score_of = self._findings_scores(question.question)
+        letters = sorted(question.options)
         per_option: dict[str, dict[str, Any]] = {}
-        for letter, text in sorted(question.options.items()):
-            docs, exact = self._candidates(text)
-            if not docs:
-                per_option[letter] = {"doc_id": None, "title": None, "exact": False, "score": None}
-                continue
-            best = max(docs, key=score_of)  # max() keeps the first of equal scores: corpus order decides
-            per_option[letter] = {"doc_id": best.id, "title": best.title, "exact": exact, "score": score_of(best)}
+        for letter, found in zip(letters, self.score_names(question.question, [question.options[x] for x in letters])):
+            per_option[letter] = ({"doc_id": None, "title": None, "exact": False, "score": None} if found is None else
+                                  {"doc_id": found[0].id, "title": found[0].title, "exact": found[2], "score": found[1]})
         scored = [(v["score"], letter) for letter, v in per_option.items() if v["score"] is not None]
         prediction = None
         if scored:

@@ -4,10 +4,10 @@ Two kinds of examples are mixed:
 - explanation examples: a question (cot prompt) -> `<think>EXPLANATION</think>\\n<answer>X</answer>` from any source
   with explanations (MedMCQA `exp`, PubMedQA long answers, HPO-Dx explanations);
 - search traces, built from HPO-Dx train with REAL results of the retrieval index: the self-ask prompt ->
-  `<think>plan</think>\\n<search>findings</search>` + the `<information>` block exactly as the rollout inserts it +
-  `<think>Doc 1 (title) is not an option. Doc 2 (title) is an option and matches the findings.</think>\\n<answer>its
-  option text</answer>`; when no retrieved document is an option, the trace searches again with the option names
-  and the findings first (`trace_example` states the policy).
+  `<think>plan</think>\\n<search>findings | among: option; option; ...</search>` (a candidate search,
+  `medr1.retrieval.candidates`: the options' documents ranked by the findings) + the `<information>` block exactly
+  as the rollout inserts it + `<think>Doc 1 (title) is an option and matches the findings.</think>\\n<answer>its
+  option text</answer>` (`trace_example` states the policy); open traces search the findings alone.
 
 Targets answer with the gold option's own text (`answer_with: text`; the harness maps it to its letter), and gold
 letters are balanced over every built set (`medr1.train.common.balance_letters`). Test items are never used.
@@ -165,11 +165,15 @@ def information_segment(hits: list[Any]) -> Segment:
     return Segment(tags.format_information(list(passages)), trained=False, passages=passages)
 
 
-def options_query(question: Question, max_findings: int = 2) -> str:
-    """The second search of a trace whose first found no option: the option names with a few findings, so BM25
-    ranks the options' own documents by how well they share the findings."""
-    names = "; ".join(question.options[k] for k in sorted(question.options))
-    return f"{names}. {', '.join(question.findings()[:max_findings])}".strip(" .")
+def trace_query(question: Question, max_findings: int = 6) -> str:
+    """The search a trace teaches: with options, a candidate search comparing them on the findings
+    (`medr1.retrieval.candidates`: only the options' documents come back, best first); without, the findings."""
+    findings = findings_query(question, max_findings)
+    if not question.options:
+        return findings
+    from medr1.retrieval.candidates import candidate_query
+
+    return candidate_query(findings, [question.options[k] for k in sorted(question.options)])
 
 
 def first_option_doc(hits: list[Any], question: Question) -> tuple[int, str, str] | None:
@@ -197,31 +201,24 @@ def reading(hits: list[Any], found: tuple[int, str, str] | None, with_options: b
     return " ".join(parts)
 
 
-def trace_example(question: Question, query: str, hits: list[Any], again: list[Any] | None = None,
-                  answer_with: str = "text-letter", explanation: bool = False) -> SFTExample:
-    """A self-ask trace with the real `hits` of `query` (and, when they hold no option, the real hits `again` of
-    `options_query`).
+def trace_example(question: Question, query: str, hits: list[Any], answer_with: str = "text-letter",
+                  explanation: bool = False) -> SFTExample:
+    """A self-ask trace with the real `hits` of `query` (`trace_query`).
 
-    The policy it teaches: search the findings; answer the first retrieved document that is an option; if none
-    is, search the options with the findings and do the same; if still none, pick the gold (unlearnable, rare).
-    The answer is the option (`answer_target`), and the reasoning is short so the trace fits the shared budget."""
+    The policy it teaches: compare the options on the findings with one candidate search and answer the first
+    document that is an option (the evidence decides, even where it is wrong); if none is, the gold (rare). An open
+    question searches its findings and answers the first document. The reasoning is short so the trace fits the
+    shared budget."""
     from medr1.prompts import build_messages
 
-    plan = "I will search for the key findings."
+    choice = bool(question.options)
+    plan = "I will compare the options on the key findings." if choice else "I will search for the key findings."
     segments = [
         Segment(f"{tags.THINK_OPEN}{plan}{tags.THINK_CLOSE}\n{tags.SEARCH_OPEN}{query}{tags.SEARCH_CLOSE}"),
         information_segment(hits),
     ]
     found = first_option_doc(hits, question)
-    first_at = _rank_bucket(found)
-    choice = bool(question.options)
     seen = reading(hits, found, choice)
-    if found is None and again is not None:
-        segments.append(Segment(f"{tags.THINK_OPEN}{seen} I will search the options with the findings."
-                                f"{tags.THINK_CLOSE}\n{tags.SEARCH_OPEN}{options_query(question)}{tags.SEARCH_CLOSE}"))
-        segments.append(information_segment(again))
-        found = first_option_doc(again, question)
-        seen = reading(again, found)
     chosen = question if found is None else dataclasses.replace(question, answer=found[2])
     if found is None:
         gold = question.options[question.answer].strip() if choice else question.answer.strip()
@@ -230,7 +227,7 @@ def trace_example(question: Question, query: str, hits: list[Any], again: list[A
     segments.append(Segment(f"{tags.THINK_OPEN}{reasoning}{tags.THINK_CLOSE}\n{answer_target(chosen, answer_with)}"))
     gold_found = found is not None and found[2] == question.answer
     return SFTExample(question.id, "trace" if choice else "open-trace", build_messages(question, "self-ask"),
-                      segments, gold_found, first_at)
+                      segments, gold_found, _rank_bucket(found))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -281,7 +278,6 @@ def build_examples(cfg: SFTConfig, retriever: Any = None) -> tuple[list[SFTExamp
             entry["used"] = len(made)
             entry["open_traces"] = len(opened)
             entry["gold_in_results"] = sum(ex.gold_in_results for ex in made)
-            entry["two_searches"] = sum(ex.searches == 2 for ex in made)
             letters.update(q.answer for q in questions)
             examples.extend(made)
     random.Random(cfg.seed).shuffle(examples)
@@ -306,18 +302,15 @@ def search_batched(retriever: Any, queries: list[str], k: int) -> list[list[Any]
 
 
 def build_traces(questions: list[Question], retriever: Any, cfg: SFTConfig) -> list[SFTExample]:
-    """Search traces for `questions` with one batched retrieval call per search round."""
+    """Search traces for `questions` with one batched retrieval call (`retriever` must answer candidate queries:
+    `open_retriever` gives one that does)."""
     if not questions:
         return []
-    queries = [findings_query(q, cfg.findings_in_query) for q in questions]
+    queries = [trace_query(q, cfg.findings_in_query) for q in questions]
     print(f"medr1: retrieving for {len(queries)} search traces...", file=sys.stderr, flush=True)
     results = search_batched(retriever, queries, cfg.topk)
-    again: list[Any] = [None] * len(questions)
-    todo = [i for i, (q, hits) in enumerate(zip(questions, results)) if q.options and first_option_doc(hits, q) is None]
-    for i, hits in zip(todo, search_batched(retriever, [options_query(questions[i]) for i in todo], cfg.topk)):
-        again[i] = hits
-    return [trace_example(q, query, hits, more, cfg.answer_with, cfg.trace_explanation)
-            for q, query, hits, more in zip(questions, queries, results, again)]
+    return [trace_example(q, query, hits, cfg.answer_with, cfg.trace_explanation)
+            for q, query, hits in zip(questions, queries, results)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
