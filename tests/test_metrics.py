@@ -228,12 +228,18 @@ def test_subset_accuracy_per_subset_with_wilson():
 @pytest.mark.parametrize("span,want", [
     ("Marfan syndrome (B)", "B"), ("Marfan syndrome (C)", "B"), ("C. Marfan syndrome", "B"),
     ("Loeys-Dietz syndrome (C)", "C"), ("Loeys-Dietz syndrome", None), ("(D)", "D"),
+    ("C (Loeys-Dietz syndrome)", "C"), ("A (Marfan syndrome)", "B"), ("Alport (C)", "C"),  # 2c `^X (`: a letter first
+    ("Aicardi-Goutières syndrome (C)", "A"), ("AICARDI GOUTIERES SYNDROME", "A"),  # accents and case ignored
+    ("Marfan syndrome is the most likely diagnosis.", None),  # containing an option's text is not naming it
+    ("Immunodeficiency 57 (D) is an option and matches.", "D"),  # 2g the one letter in parentheses
+    ("Alport (A) or Loeys-Dietz (C) are options.", None),  # two letters in parentheses: no commitment
 ])
 def test_option_text_with_its_letter_beside_it(span, want):
     """The text decides when text and letter disagree; a name that is no option falls back to the letter."""
     from medr1.metrics import tagged_answer
 
-    options = {"A": "Homocystinuria", "B": "Marfan syndrome", "C": "Stickler syndrome", "D": "Ehlers-Danlos syndrome"}
+    options = {"A": "Aicardi-Goutieres syndrome", "B": "Marfan syndrome", "C": "Stickler syndrome",
+               "D": "Ehlers-Danlos syndrome"}
     assert tagged_answer(f"<answer>{span}</answer>", "ABCD", options) == want
 
 
@@ -293,3 +299,4 @@ def test_aggregate_reports_the_rag_columns_only_for_retrieving_methods() -> None
     assert m["context_precision"] == pytest.approx(0.75) and m["context_recall"] == 1.0
     assert m["answer_in_evidence"] == 0.5
     assert aggregate(samples, uses_retrieval=False, text_metrics=False)["context_precision"] is None
+

@@ -486,6 +486,8 @@ def test_candidate_search_mixed_batch_unknown_names_and_attributes(bm25):
     assert [h.doc.title for h in named] == ["Wilson disease"]  # a name given twice comes back once
     assert unknown == bm25.search(["Kayser-Fleischer rings"], k=5)[0] == plain  # no document: a plain search
     assert search.docs is bm25.docs and search.num_docs == bm25.num_docs  # the rest is the index's
+    no_findings = search.search([" | among: Wilson disease; Marfan syndrome"], k=5)[0]  # scores 0: names' order
+    assert [h.doc.title for h in no_findings] == ["Wilson disease", "Marfan syndrome"]
 
 
 def test_ensure_default_index_builds_once_and_rebuilds_on_corpus_change(tmp_path, monkeypatch):
@@ -523,6 +525,11 @@ def test_cli_build_search_and_eval(tmp_path, corpus_dir):
     body = json.loads(res.stdout)
     assert body["result"][0][0]["document"]["id"] == "OMIM:277900"
     assert set(body["result"][0][0]["document"]) == {"id", "title", "contents"}
+
+    res = runner.invoke(app, ["search", "--index", str(out), "Kayser-Fleischer rings, tremor | among: Marfan "
+                              "syndrome; Wilson disease", "-k", "5", "--json"])  # a candidate search
+    assert res.exit_code == 0, res.output
+    assert [h["document"]["id"] for h in json.loads(res.stdout)["result"][0]] == ["OMIM:277900", "OMIM:154700"]
 
     res = runner.invoke(app, ["search", "--index", str(out), "   "])
     assert res.exit_code == 2 and "error: query 0 is empty" in res.output

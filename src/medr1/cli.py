@@ -295,6 +295,9 @@ def search(
     Example: medr1 search "tall stature, long fingers, dislocated lens" -k 5
 
     Example: medr1 search --index indexes/hpo-hybrid "recurrent epistaxis telangiectasia" --json
+
+    Example (candidate search, only the named diseases, best first):
+    medr1 search "tall stature, ectopia lentis | among: Homocystinuria; Marfan syndrome" -k 2
     """
     import json
 

@@ -11,11 +11,15 @@ tag protocol as the answer field. Exactly, in order:
    b. the span equals one option's text (case, spacing and punctuation ignored), when `options` are given: the
       model may name its choice instead of giving its letter (small models bind a name to its letter poorly,
       so the harness does the binding, as it maps a disease name to an id in open diagnosis); also with its letter
-      beside it, `Marfan syndrome (B)` or `B. Marfan syndrome`, the text deciding when the two disagree;
-   c. it starts with a letter and a separator (MIRAGE's `^X.`, `^X:`, `^X,`, `^X/`, `^X or`, `^X)`): `B. Marfan`;
+      beside it, `Marfan syndrome (B)`, `B. Marfan syndrome` or `B (Marfan syndrome)`, the text deciding when the
+      two disagree;
+   c. it starts with a letter and a separator (MIRAGE's `^X.`, `^X:`, `^X,`, `^X/`, `^X or`, `^X)`, and a name in
+      parentheses after it, `^X (`): `B. Marfan`, `C (lipodystrophy, familial partial)`;
    d. `option B` / `option (B)` (any case of "option");
    e. `answer is B` / `answer: B`;
-   f. it ends with a letter in parentheses: `Loeys-Dietz syndrome (C)` (a name that is no option, with a letter).
+   f. it ends with a letter in parentheses: `Loeys-Dietz syndrome (C)` (a name that is no option, with a letter);
+   g. it holds exactly one letter in parentheses: `Immunodeficiency 57 (A) is an option and matches.` (A span
+      that only contains an option's text is not read as naming it: `Homocystinuria type 2` is another disease.)
    A span that matches none of these is unparseable: the model committed to an answer we cannot read, and the
    fallbacks below are not consulted. An empty span (a forced `<answer>` the model left blank) is no commitment:
    the fallbacks read on. `tagged_answer` applies rule 2 alone; rewards pay only for it.
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -63,19 +68,22 @@ def _lone_letter(text: str, letters: str) -> str | None:
 
 
 def normalize_name(text: str) -> str:
-    """A name compared loosely: lower case, punctuation as spaces, spaces collapsed (option texts, document titles)."""
-    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+    """A name compared loosely: accents dropped, lower case, punctuation as spaces, spaces collapsed (option texts,
+    document titles): `Aicardi-Goutières syndrome` = `aicardi goutieres syndrome`."""
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return " ".join(re.sub(r"[^\w]+", " ", folded.lower()).split())
 
 
 def _leading_letter_pattern(letters: str) -> str:
-    """MIRAGE's `^X.`, `^X:`, `^X,`, `^X/`, `^X or` family: a letter at the start followed by a separator."""
-    return rf"^\s*[*(\[]*({_letters_class(letters)})(?:[).:,/\]*]|\s+or\b|\s+and\b|\s+-)"
+    """MIRAGE's `^X.`, `^X:`, `^X,`, `^X/`, `^X or` family (and `^X (`): a letter at the start, then a separator."""
+    return rf"^\s*[*(\[]*({_letters_class(letters)})(?:[).:,/\]*]|\s+or\b|\s+and\b|\s+-|\s+\()"
 
 
 def _name_part(span: str, letters: str) -> str:
-    """The span without a letter beside the name: `Marfan syndrome (B)` and `B. Marfan syndrome` -> `Marfan syndrome`."""
+    """The span without a letter beside the name: `Marfan syndrome (B)`, `B. Marfan syndrome` and `B (Marfan
+    syndrome)` -> `Marfan syndrome` (parentheses left are ignored by `normalize_name`)."""
     cls = _letters_class(letters)
-    return re.sub(rf"^\s*\(?{cls}[.):]\s+|\s*\({cls}\)\s*$", "", span)
+    return re.sub(rf"^\s*\(?{cls}[.):]\s+|^\s*{cls}\s+(?=\()|\s*\({cls}\)\s*$", "", span)
 
 
 def _option_named(span: str, letters: str, options: dict[str, str] | None) -> str | None:
@@ -92,7 +100,7 @@ def _option_named(span: str, letters: str, options: dict[str, str] | None) -> st
 
 
 def _letter_in_span(span: str, letters: str, options: dict[str, str] | None) -> str | None:
-    """Rules 2a-2e above, on the content of one answer span."""
+    """Rules 2a-2g above, on the content of one answer span."""
     if (found := _lone_letter(span, letters)) is not None:
         return found
     if (found := _option_named(span, letters, options)) is not None:
@@ -107,7 +115,8 @@ def _letter_in_span(span: str, letters: str, options: dict[str, str] | None) -> 
     for pat in patterns:
         if m := re.search(pat, span):
             return m.group(1)
-    return None
+    bracketed = set(re.findall(rf"\(({cls})\)", span))
+    return bracketed.pop() if len(bracketed) == 1 else None
 
 
 def answer_span(text: str) -> str | None:
