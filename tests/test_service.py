@@ -362,3 +362,19 @@ def test_two_uvicorn_workers_serve_the_same_index(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_the_service_of_an_opened_index_answers_candidate_queries(bm25, monkeypatch):
+    """`medr1 serve-retriever` opens its index with `open_retriever` (here through the worker factory), so a client
+    such as verl's search tool gets the candidate search: only the named diseases, best first."""
+    from medr1.retrieval.service import INDEX_ENV, app_from_env
+
+    monkeypatch.setenv(INDEX_ENV, str(bm25.index_dir))
+    client = TestClient(app_from_env())
+    body = {"queries": ["Kayser-Fleischer rings, tremor | among: Marfan syndrome; Wilson disease; Fabry disease",
+                        "Kayser-Fleischer rings, tremor"], "topk": 5}
+    res = client.post("/retrieve", json=body)
+    assert res.status_code == 200
+    named, plain = ([d["id"] for d in row] for row in res.json()["result"])
+    assert named[0] == "OMIM:277900" and sorted(named) == ["OMIM:154700", "OMIM:277900", "OMIM:301500"]
+    assert set(plain) - set(named)  # the plain query ranks the whole corpus
