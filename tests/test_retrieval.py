@@ -490,6 +490,21 @@ def test_candidate_search_mixed_batch_unknown_names_and_attributes(bm25):
     assert [h.doc.title for h in no_findings] == ["Wilson disease", "Marfan syndrome"]
 
 
+def test_a_disease_stands_for_its_name_before_a_phenotype_term_of_the_same_title():
+    from medr1.data.schema import Document
+    from medr1.retrieval.bm25 import BM25Retriever
+    from medr1.retrieval.candidates import CandidateSearch
+
+    docs = [Document("HP:0002156", "Homocystinuria", "homocystine in the urine, ectopia lentis, ectopia lentis"),
+            Document("ORPHA:394", "Homocystinuria", "ectopia lentis, thrombosis"),
+            Document("HP:0001083", "Ectopia lentis", "displaced lens")]
+    search = CandidateSearch(BM25Retriever.build(docs, show_progress=False))
+    hits = search.search(["ectopia lentis | among: Homocystinuria; Ectopia lentis"], k=5)[0]
+    # the term document scores higher on these findings, but the option is the disease; a term with no disease
+    # of its title still stands for itself
+    assert {h.doc.id for h in hits} == {"ORPHA:394", "HP:0001083"}
+
+
 def test_ensure_default_index_builds_once_and_rebuilds_on_corpus_change(tmp_path, monkeypatch):
     import medr1.corpus
     from medr1.retrieval import ensure_default_index, open_retriever

@@ -1,8 +1,9 @@
 """The non-LLM reference of multiple-choice diagnosis: the bm25-ranker (method `bm25-ranker` of `medr1.methods`).
 
 Each option is matched to a corpus document by title (case- and space-insensitive; when several share a title the
-best-scoring one counts). An option without a title match is searched by its own text and the top hit stands in for
-it (recorded as `"exact": false` in the trace). Each option document is then scored with BM25 against the whole
+best-scoring one counts, and a phenotype-term document (`HP:`) only when no disease has the title). An option
+without a title match is searched by its own text and the top hit stands in for it (recorded as `"exact": false`
+in the trace). Each option document is then scored with BM25 against the whole
 question text (the findings): with the in-process BM25 index the exact BM25 score over the whole corpus; with any
 other retriever (dense, HTTP) the score of that document among the top 100 hits for the findings, 0 when it is not
 among them. The best score wins; ties go to the earliest letter; an option with no document cannot win; when no
@@ -22,6 +23,16 @@ from typing import Any
 from medr1.data.schema import Document, Question
 from medr1.metrics import normalize_name
 from medr1.retrieval.base import MAX_QUERY_CHARS, MAX_TOPK, Retriever
+
+
+TERM_PREFIX = "HP:"  # phenotype-term documents of the HPO corpus: findings, not diagnoses
+
+
+def diagnoses(docs: list[Document]) -> list[Document]:
+    """The documents of one title without the phenotype terms among them when a disease shares the title (the
+    option `Homocystinuria` is the disease, not the finding HP:0002156); all of them otherwise."""
+    kept = [d for d in docs if not d.id.startswith(TERM_PREFIX)]
+    return kept or docs
 
 
 class OptionRanker:
@@ -54,11 +65,11 @@ class OptionRanker:
         """Documents standing for one option, and whether they match its title exactly."""
         key = normalize_name(option)
         if self.docs and key in self.by_title:
-            return [self.docs[i] for i in self.by_title[key]], True
+            return diagnoses([self.docs[i] for i in self.by_title[key]]), True
         hits = self.retriever.search([option[:MAX_QUERY_CHARS]], k=5)[0] if option.strip() else []
         exact = [h.doc for h in hits if normalize_name(h.doc.title) == key]
         if exact:
-            return exact, True
+            return diagnoses(exact), True
         return ([hits[0].doc] if hits else []), False
 
     def score_names(self, findings: str, names: list[str]) -> list[tuple[Document, float, bool] | None]:
