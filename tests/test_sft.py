@@ -222,8 +222,8 @@ def test_trace_answers_the_first_retrieved_option_even_when_it_is_not_the_gold()
 
 
 def test_trace_with_a_real_candidate_search_cites_only_options_and_answers_the_best():
-    """Through `open_retriever`'s candidate search on a real BM25 index, the trace's one search brings back only
-    the options' documents, best first; the trace names the first and answers it."""
+    """Through the candidate search (`open_retriever` wraps every index in it) on a real BM25 index, the trace's
+    one search brings back only the options' documents, best first; the trace names the first and answers it."""
     from medr1.retrieval.bm25 import BM25Retriever
     from medr1.retrieval.candidates import CandidateSearch
 
