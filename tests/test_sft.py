@@ -374,3 +374,12 @@ def test_lora_step_trains_only_the_adapter_and_the_merge_answers_alike(tmp_path)
     assert torch.allclose(adapter_logits, merged_logits, atol=1e-4)
     assert not torch.allclose(adapter_logits, models.load_model(models.TINY_MODEL, "cpu").model(input_ids=ids).logits,
                               atol=1e-4)  # and the merge carried the training: it is not the untrained model
+
+
+def test_a_retrieved_title_is_an_option_by_the_name_rules_of_the_candidate_search():
+    """first_option_doc compares titles with options as the candidate search and the grader do (normalize_name):
+    accents, case and punctuation aside."""
+    q = question(0)
+    hits = [Hit(Document("OMIM:1", "Myopia", "x"), 1.0), Hit(Document("ORPHA:9", "HOMOCYSTINÙRIA", "x"), 1.0)]
+    assert sft.first_option_doc(hits, q) == (2, "HOMOCYSTINÙRIA", "A")
+    assert sft.first_option_doc(hits[:1], q) is None

@@ -38,6 +38,7 @@ from medr1.config import config_dict
 from medr1.data.schema import Question
 from medr1.errors import ConfigError, DataError
 from medr1.io import atomic_write_json
+from medr1.metrics import normalize_name
 from medr1.rollout import Budget
 from medr1.train import common
 
@@ -178,12 +179,13 @@ def trace_query(question: Question, max_findings: int = 6) -> str:
 
 def first_option_doc(hits: list[Any], question: Question) -> tuple[int, str, str] | None:
     """(1-based rank, title, option letter) of the first hit that is one of the options (the gold's document by id,
-    any option by its title); None when no hit is an option."""
-    by_text = {" ".join(text.lower().split()): letter for letter, text in question.options.items()}
+    any option by its title, compared as the candidate search and the grader compare names: `normalize_name`); None
+    when no hit is an option."""
+    by_text = {normalize_name(text): letter for letter, text in question.options.items()}
     for rank, hit in enumerate(hits, start=1):
         if hit.doc.id in question.gold_doc_ids:
             return rank, hit.doc.title.strip(), question.answer
-        letter = by_text.get(" ".join(hit.doc.title.lower().split()))
+        letter = by_text.get(normalize_name(hit.doc.title))
         if letter is not None:
             return rank, hit.doc.title.strip(), letter
     return None
