@@ -77,3 +77,12 @@ def test_serve_retriever_warns_when_it_binds_beyond_loopback(monkeypatch, host, 
     warning = f"warning: binding {host}: the retriever is reachable from other machines"
     assert (warning in result.output) is warned
     assert f"serving bm25 index over 3 documents at http://{host}:8123/retrieve" in result.output
+
+
+def test_a_list_override_reads_commas_and_yaml_brackets():
+    from medr1.config import coerce_values
+
+    hints = {"data": list[str]}
+    assert coerce_values({"data": "[jsonl:a.jsonl, hpo-dx:train]"}, hints) == {"data": ["jsonl:a.jsonl", "hpo-dx:train"]}
+    assert coerce_values({"data": "jsonl:a.jsonl,hpo-dx:train"}, hints) == {"data": ["jsonl:a.jsonl", "hpo-dx:train"]}
+    assert coerce_values({"data": "[]"}, hints) == {"data": []}

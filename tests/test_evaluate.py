@@ -31,7 +31,7 @@ def load_fixture_docs() -> list[Document]:
     return [Document.from_dict(obj, f"docs.jsonl:{n}") for n, obj in iter_jsonl(FIXTURES / "corpus" / "docs.jsonl")]
 
 
-class ScriptedLLM:
+class ScriptedLLM(ev.Generator):
     """A scripted `medr1.evaluate.Generator` (passed as `generator=`): the completion of each question comes from
     `script`; each call records its prompts, retriever and rollout config."""
 

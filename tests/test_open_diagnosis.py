@@ -12,6 +12,7 @@ import pytest
 from medr1.data.hpo import HPO, Annotation, Disease, Term
 from medr1.data.schema import Question
 from medr1.errors import ConfigError
+from medr1.evaluate import Generator
 from medr1.open_diagnosis import (SimIndex, candidate_question, case_record, open_metrics, ranked, reranked,
                                   subset_metrics)
 
@@ -152,7 +153,7 @@ def test_open_and_choice_methods_are_told_apart_by_the_method_table():
         get_method("self-ask", "open-eval --method", task="open")
 
 
-class ScriptedGenerator:
+class ScriptedGenerator(Generator):
     """A scripted `medr1.evaluate.Generator`: records each prompt and answers it with `reply(prompt)` (a completion
     text, or None for a reply the budget cut off)."""
 

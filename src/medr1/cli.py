@@ -398,12 +398,16 @@ def ask_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch (0 = default; 1 on a busy CPU)."),
     as_json: bool = typer.Option(False, "--json", help="Print the trace record as JSON instead of text."),
+    image: str | None = typer.Option(None, "--image", help="An image file (PNG/JPEG) for an image-text-to-text "
+                                                           "model (a VLM): it goes into the first user turn."),
 ) -> None:
     """One self-ask diagnosis, with its trace: thinking, each search and its evidence titles, the answer.
 
     Example: medr1 ask "A 6-year-old boy with tall stature, arachnodactyly and ectopia lentis" --options "A=Marfan syndrome;B=Homocystinuria;C=Stickler syndrome;D=Ehlers-Danlos syndrome"
 
     Example: medr1 ask "Recurrent fevers, abdominal pain and serositis in a child"
+
+    Example: medr1 ask "What does this chest film show?" --image cxr.png --model Qwen/Qwen2.5-VL-7B-Instruct
     """
     import json
 
@@ -413,7 +417,7 @@ def ask_cmd(
     cfg = EvalConfig(model=model, method="self-ask", out="-", index=index, max_turns=max_turns, topk=topk,
                      temperature=temperature, seed=seed, device=device, batch_size=1, num_threads=threads)
     cfg.validate()
-    record = ask_case(case, parse_options(options), cfg)
+    record = ask_case(case, parse_options(options), cfg, image=image)
     if as_json:
         typer.echo(json.dumps(record, ensure_ascii=False, indent=2))
     else:

@@ -42,8 +42,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 continue
         raise ConfigError(f"config key {name!r}: cannot read {value!r} as {hint}")
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        if isinstance(value, str):  # an override: "a,b" or YAML's "[a, b]"
+            text = value.strip()
+            text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+            value = [v.strip() for v in text.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {name!r}: expected a list, got {value!r}")
         inner = args[0] if args else Any

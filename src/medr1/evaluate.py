@@ -218,6 +218,8 @@ def _record(question: Question, method: str, completion: str, prediction: str | 
         "gold_doc_ids": list(question.gold_doc_ids),
         "subset": question.subset,
     }
+    if question.image is not None:  # an image question: the file the model saw
+        rec["image"] = question.image
     rec.update(trace)
     return rec
 
@@ -246,16 +248,24 @@ class Generator:
 
         return chat_prompt_ids(loaded, messages)
 
+    def prompt(self, loaded: Any, messages: list[dict], image: str | None = None) -> tuple[list[int], Any]:
+        """(ids, ImageInput or None): a question's image goes to a VLM's processor (`medr1.models.chat_prompt`)."""
+        if image is None:
+            return self.prompt_ids(loaded, messages), None
+        from medr1.models import chat_prompt
+
+        return chat_prompt(loaded, messages, image)
+
     def backend(self, loaded: Any, kind: str) -> Any:
         from medr1.rollout import make_backend
 
         return make_backend(loaded, kind)
 
     def rollouts(self, loaded: Any, prompts: list[list[int]], retriever: Retriever | None, rcfg: Any,
-                 backend: Any = None, seed_offset: int = 0) -> list[Any]:
+                 backend: Any = None, seed_offset: int = 0, images: list[Any] | None = None) -> list[Any]:
         from medr1.rollout import run_rollouts
 
-        return run_rollouts(loaded, prompts, retriever, rcfg, backend=backend, seed_offset=seed_offset)
+        return run_rollouts(loaded, prompts, retriever, rcfg, backend=backend, seed_offset=seed_offset, images=images)
 
 
 def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retriever: Retriever | None,
@@ -273,11 +283,13 @@ def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retri
         assert retriever is not None
         hits, rag_error = _rag_passages(questions, retriever, cfg.topk)
     into_prompt = method.retrieval == "prompt"
-    prompts = [gen.prompt_ids(loaded, build_messages(q, cfg.method, format_passages(h) if into_prompt else None))
-               for q, h in zip(questions, hits)]
+    built = [gen.prompt(loaded, build_messages(q, cfg.method, format_passages(h) if into_prompt else None), q.image)
+             for q, h in zip(questions, hits)]
+    prompts, images = [ids for ids, _ in built], [img for _, img in built]
     in_loop = retriever if method.in_loop else None
+    with_images = {"images": images} if any(img is not None for img in images) else {}  # a VLM's image questions
     trajectories = gen.rollouts(loaded, prompts, in_loop, rollout_config(cfg, seed, single_turn=in_loop is None),
-                                backend, seed_offset=first)
+                                backend, seed_offset=first, **with_images)
     per_question = (time.perf_counter() - start) / max(1, len(questions))
     records = []
     for q, h, traj in zip(questions, hits, trajectories):
@@ -473,11 +485,15 @@ def parse_options(text: str | None) -> dict[str, str]:
 
 
 def ask_case(case: str, options: dict[str, str] | None, cfg: EvalConfig, *, loaded: Any = None,
-             retriever: Retriever | None = None, generator: Generator | None = None) -> dict:
-    """One self-ask diagnosis of a free-text case; returns a samples.jsonl-style record (gold unknown)."""
+             retriever: Retriever | None = None, generator: Generator | None = None, image: str | None = None) -> dict:
+    """One self-ask diagnosis of a free-text case (and an `image` file for a VLM); returns a samples.jsonl-style
+    record (gold unknown)."""
     if not case.strip():
         raise ConfigError("the case text is empty")
-    question = Question(id="ask", question=case.strip(), options=dict(options or {}), answer="", source="ask")
+    if image is not None and not Path(image).is_file():
+        raise ConfigError(f"--image {image}: no such file")
+    question = Question(id="ask", question=case.strip(), options=dict(options or {}), answer="", source="ask",
+                        image=image)
     retriever = retriever if retriever is not None else _open_retriever(cfg.index)
     if cfg.num_threads:
         import torch

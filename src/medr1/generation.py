@@ -8,7 +8,8 @@ returned, so callers append the ids as they are (nothing is re-tokenized).
   writes one column instead of concatenating the whole cache), rows leave as soon as they finish and new rows can
   join at any step (continuous batching). A prefix KV cache keeps the KV of sequences that stopped at a stop string:
   a later prompt extending one (the rollout appends an `<information>` block after a search) prefills only the new
-  tokens.
+  tokens. A VLM prompt carries its image (`ImageInput`): its tensors go into the prefill, and its placeholder ids
+  are keyed by the image's content in the cache, so two images never share KV.
 - `VLLMBackend`: vLLM (optional extra, GPU), imported only when constructed; vLLM's prefix caching does the reuse.
 - `ScriptedBackend`: replies with scripted texts, for tests of the rollout logic.
 
@@ -153,20 +154,44 @@ class ScriptedBackend:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class ImageInput:
+    """An image behind a prompt's placeholder tokens (a VLM's `<image>` ids, as its processor expanded them): the
+    processor's tensors for that one image (`pixel_values`, and e.g. `image_sizes`) and a digest of their content.
+
+    The prefix KV cache compares prompts as token lists, and every image of the same size has the same placeholder
+    ids, so the backend keys a prompt on `keyed(ids)`: each placeholder id replaced by one negative number drawn
+    from the digest. Two prompts share KV through an image only when its content is the same (`medr1.models.
+    chat_prompt` builds these)."""
+
+    token_id: int  # the model's image placeholder id (config.image_token_id)
+    tensors: dict[str, Any]
+    digest: str
+
+    @property
+    def key(self) -> int:
+        return -1 - int(self.digest[:15], 16)  # negative: never a real token id
+
+    def keyed(self, ids: Sequence[int]) -> list[int]:
+        return [self.key if t == self.token_id else int(t) for t in ids]
+
+
 @dataclass
 class Request:
-    """One sequence to continue: `key` identifies it to the caller (a trajectory index)."""
+    """One sequence to continue: `key` identifies it to the caller (a trajectory index); `image` (a VLM prompt's,
+    `ImageInput`) goes into the prefill wherever its KV is not cached."""
 
     key: Any
     token_ids: list[int]
     max_new_tokens: int
     seed: int = 0
+    image: ImageInput | None = None
 
 
 @dataclass
 class _Row:
     key: Any
-    tokens: list[int]  # the prompt of this request
+    tokens: list[int]  # the prompt of this request, image placeholders keyed (`ImageInput.keyed`)
     budget: int
     rng: Any
     out: GenOutput = field(default_factory=lambda: GenOutput([], FINISH_LENGTH))
@@ -178,6 +203,11 @@ class _Entry:
 
     tokens: list[int]
     kv: list[tuple[Any, Any]]  # per layer: keys, values of shape [heads, len(tokens), head_dim]
+
+
+def _prompt_key(r: Request) -> list[int]:
+    """The ids the prefix cache compares for a request: its prompt, any image's placeholders keyed by content."""
+    return r.image.keyed(r.token_ids) if r.image is not None else list(map(int, r.token_ids))
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -326,17 +356,17 @@ class DecodeBatch:
             if budget <= 0:
                 done.append((r.key, GenOutput([], FINISH_LENGTH)))
             else:
-                todo.append((r, budget))
+                todo.append((r, budget, _prompt_key(r)))
         # Prefill in chunks of a bounded number of token positions (memory), longest first (less padding).
-        todo.sort(key=lambda rb: -len(rb[0].token_ids))
-        if self.be.prefix_cache and len(todo) > 1 and self.be.store.match(todo[0][0].token_ids)[0] is None:
-            lead = todo[0][0].token_ids
-            if any(common_prefix_len(lead, r.token_ids) >= PrefixStore.MIN_SHARED for r, _ in todo[1:]):
+        todo.sort(key=lambda item: -len(item[2]))
+        if self.be.prefix_cache and len(todo) > 1 and self.be.store.match(todo[0][2])[0] is None:
+            lead = todo[0][2]
+            if any(common_prefix_len(lead, key) >= PrefixStore.MIN_SHARED for _, _, key in todo[1:]):
                 self._admit(todo[:1])  # the others then reuse its prompt KV (a shared instruction block)
                 todo = todo[1:]
-        chunk: list[tuple[Request, int]] = []
+        chunk: list[tuple[Request, int, list[int]]] = []
         for item in todo:
-            if chunk and (len(chunk) + 1) * len(chunk[0][0].token_ids) > self.be.prefill_chunk_tokens:
+            if chunk and (len(chunk) + 1) * len(chunk[0][2]) > self.be.prefill_chunk_tokens:
                 self._admit(chunk)
                 chunk = []
             chunk.append(item)
@@ -344,14 +374,14 @@ class DecodeBatch:
             self._admit(chunk)
         return done
 
-    def _admit(self, chunk: list[tuple[Request, int]]) -> None:
+    def _admit(self, chunk: list[tuple[Request, int, list[int]]]) -> None:
         import torch
 
-        prompts = [list(map(int, r.token_ids)) for r, _ in chunk]
         unique: dict[tuple[int, ...], int] = {}
-        index = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
-        kv, valid, pos, logits = self.be._prefill([list(k) for k in unique])
-        if len(unique) < len(prompts):  # identical prompts (a GRPO group) are prefilled once
+        index = [unique.setdefault(tuple(key), len(unique)) for _, _, key in chunk]
+        images = {unique[tuple(key)]: r.image for r, _, key in chunk}
+        kv, valid, pos, logits = self.be._prefill([list(k) for k in unique], [images[i] for i in range(len(unique))])
+        if len(unique) < len(chunk):  # identical prompts (a GRPO group) are prefilled once
             idx = torch.tensor(index, dtype=torch.long, device=valid.device)
             kv = [(k[idx], v[idx]) for k, v in kv]
             valid, pos, logits = valid[idx], pos[idx], logits[idx]
@@ -370,11 +400,11 @@ class DecodeBatch:
         self.valid[n : n + b, lo : self.length] = valid
         self.pos[n : n + b] = pos
         self.logits[n : n + b] = logits
-        for r, budget in chunk:
+        for r, budget, key in chunk:
             rng = None
             if self.sampling.temperature > 0:  # on the logits' device: multinomial needs a generator there
                 rng = torch.Generator(device=self.logits.device).manual_seed(r.seed)
-            self.rows.append(_Row(r.key, list(map(int, r.token_ids)), budget, rng))
+            self.rows.append(_Row(r.key, key, budget, rng))
 
     def _ensure(self, rows: int, cols: int) -> None:
         """Buffers with at least `rows` slots and `cols` columns (reallocated with headroom, live part copied)."""
@@ -445,7 +475,10 @@ class DecodeBatch:
         n = self.size
         if n == 0:
             return []
-        tokens, logps = self.be._sample(self.logits[:n], self.sampling, [r.rng for r in self.rows])
+        logits = self.logits[:n]
+        if self.be.banned_token_ids:  # a VLM never writes its image placeholder
+            logits[:, self.be.banned_token_ids] = float("-inf")
+        tokens, logps = self.be._sample(logits, self.sampling, [r.rng for r in self.rows])
         finished: list[int] = []
         for slot, row in enumerate(self.rows):
             tok, out = tokens[slot], row.out
@@ -511,6 +544,56 @@ class DecodeBatch:
         self.be.stats["decode_steps"] += 1
 
 
+def _outside_image(key: Sequence[int], n: int) -> int:
+    """A reuse length moved back to the start of an image it would end inside (its features come in one piece)."""
+    while 0 < n < len(key) and key[n] < 0 and key[n - 1] < 0:
+        n -= 1
+    return n
+
+
+def _real_ids(key: Sequence[int], image: ImageInput | None) -> list[int]:
+    """The model's ids for cache-key ids: keyed image placeholders back to the placeholder id."""
+    return list(key) if image is None else [image.token_id if t < 0 else t for t in key]
+
+
+def cat_image_tensors(parts: list[Any]) -> Any:
+    """Image tensors [n_i, ...] concatenated along the first dimension; parts of different shapes (a different
+    number of image tiles) zero-padded at the end of every later dimension to the largest, as processors pad a
+    batch. The rollout's prefill and the SFT collator batch images this way."""
+    import torch
+
+    shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+    padded = []
+    for t in parts:
+        if list(t.shape[1:]) != shape:
+            out = t.new_zeros(t.shape[0], *shape)
+            out[(slice(None), *(slice(0, n) for n in t.shape[1:]))] = t
+            t = out
+        padded.append(t)
+    return torch.cat(padded)
+
+
+def _image_tensors(images: list[ImageInput | None], device: Any, dtype: Any) -> dict[str, Any]:
+    """The processor tensors of the images a prefill encodes, concatenated in row order (the order the model
+    scatters image features into placeholder positions). Tensors of different shapes (a different number of image
+    tiles) are zero-padded to the largest (`cat_image_tensors`); floating tensors in the model's dtype."""
+    import torch
+
+    if not images:
+        return {}
+    if any(img is None for img in images):
+        raise ValueError("a prompt with image placeholders came without its image")
+    out = {}
+    for name in images[0].tensors:
+        parts = [img.tensors[name] for img in images]
+        if isinstance(parts[0], torch.Tensor):
+            t = cat_image_tensors(parts)
+            out[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        else:
+            out[name] = parts
+    return out
+
+
 class HFBackend:
     """Batched decoding of a transformers causal LM with in-place KV buffers and a prefix KV cache.
 
@@ -533,7 +616,7 @@ class HFBackend:
         self.stop_token_ids = set(int(i) for i in stop_token_ids) or {int(tokenizer.eos_token_id)}
         self.prefix_cache = prefix_cache
         self.prefill_chunk_tokens = prefill_chunk_tokens
-        cfg = model.config
+        cfg = model.config.get_text_config()  # a VLM's language model holds the KV
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.kv_shape = (heads, head_dim, cfg.num_hidden_layers)
@@ -542,6 +625,10 @@ class HFBackend:
         bytes_per_token = 2 * heads * head_dim * cfg.num_hidden_layers * self.dtype.itemsize
         self.store = PrefixStore(prefix_cache_bytes, bytes_per_token)
         self.max_positions = int(getattr(cfg, "max_position_embeddings", 1 << 30))
+        image_token = getattr(model.config, "image_token_id", None)
+        self.banned_token_ids = [int(image_token)] if image_token is not None else []
+        rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+        self.mrope = "mrope_section" in rope  # Qwen-VL: 3-D rotary positions over image grids
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "generated_tokens": 0}
 
     @classmethod
@@ -561,11 +648,14 @@ class HFBackend:
         max_new_tokens: int | Sequence[int],
         stop_strings: Sequence[str] = (),
         sampling: SamplingParams = SamplingParams(),
+        images: Sequence[ImageInput | None] | None = None,
     ) -> list[GenOutput]:
         budgets = _per_prompt(max_new_tokens, len(prompts))
+        images = list(images) if images is not None else [None] * len(prompts)
         outs: list[GenOutput] = [GenOutput([], FINISH_LENGTH) for _ in prompts]
         batch = self.open(stop_strings, sampling)
-        requests = [Request(i, list(p), b, sampling.seed_for(i)) for i, (p, b) in enumerate(zip(prompts, budgets))]
+        requests = [Request(i, list(p), b, sampling.seed_for(i), img)
+                    for i, (p, b, img) in enumerate(zip(prompts, budgets, images))]
         finished = batch.add(requests)
         while batch.size:
             finished += batch.step()
@@ -584,18 +674,26 @@ class HFBackend:
 
     # -- forward passes ----------------------------------------------------------------------------------------------
 
-    def _prefill(self, prompts: list[list[int]]):
+    def _prefill(self, prompts: list[list[int]], images: Sequence[ImageInput | None] | None = None):
         """One forward over the new tokens of every prompt on top of its reused KV (if any).
 
-        Returns per-layer (keys, values) [b, heads, width, head_dim], valid [b, width], next positions [b] and the
-        next-token logits [b, vocab]. Reused KV is right-aligned at column p_max and new tokens at p_max + w, so
-        padding may sit between them; the attention mask hides it.
+        `prompts` are cache keys (`_prompt_key`); a row whose new tokens hold image placeholders passes its image's
+        tensors to the model (a reuse never ends inside an image). Returns per-layer (keys, values) [b, heads,
+        width, head_dim], valid [b, width], next positions [b] and the next-token logits [b, vocab]. Reused KV is
+        right-aligned at column p_max and new tokens at p_max + w, so padding may sit between them; the attention
+        mask hides it.
         """
         import torch
 
+        images = list(images) if images is not None else [None] * len(prompts)
+        if self.mrope and any(img is not None for img in images):
+            from medr1.errors import ConfigError
+
+            raise ConfigError(f"{type(self.model).__name__} places image tokens by 3-D rotary positions (mrope), which "
+                              "medr1's HF engine does not compute; use a VLM with 1-D positions (LLaVA, SmolVLM)")
         matches = [self._match(p) for p in prompts]
         entries = [e for e, _ in matches]
-        past = [n for _, n in matches]
+        past = [_outside_image(p, n) for p, (_, n) in zip(prompts, matches)]
         new = [p[n:] for p, n in zip(prompts, past)]
         b, p_max, w = len(prompts), max(past), max(len(x) for x in new)
         heads, head_dim, n_layers = self.kv_shape
@@ -612,7 +710,7 @@ class HFBackend:
                     values[layer][row, :, p_max - n : p_max] = ev[:, :n]
             valid[row, p_max - n : p_max] = True
             valid[row, p_max + w - len(x) :] = True
-            ids[row, w - len(x) :] = torch.tensor(x, dtype=torch.long)
+            ids[row, w - len(x) :] = torch.tensor(_real_ids(x, images[row]), dtype=torch.long)
             pos[row, w - len(x) :] = torch.arange(n, n + len(x))
         q_cols = torch.arange(p_max, p_max + w, device=device)
         k_cols = torch.arange(p_max + w, device=device)
@@ -625,6 +723,7 @@ class HFBackend:
             past_key_values=_view_cache(keys, values, b, p_max),
             use_cache=True,
             logits_to_keep=1,
+            **_image_tensors([img for img, x in zip(images, new) if any(t < 0 for t in x)], device, self.dtype),
         )
         self.stats["prefill_tokens"] += sum(len(x) for x in new)
         self.stats["reused_tokens"] += sum(past)

@@ -101,6 +101,7 @@ class LoadedModel:
     spec: ModelSpec
     source: str = ""  # the directory or hub id the weights came from
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)  # eos + the spec's end-of-turn tokens
+    processor: Any = None  # a VLM's processor (its tokenizer is `tokenizer`); None for a text model
 
     @property
     def device(self) -> Any:
@@ -236,9 +237,11 @@ def _looks_like_path(name: str) -> bool:
 
 TINY_MODEL = "tiny-random-llama"
 _SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-_CHATML = (  # SmolLM2's ChatML, including continue_final_message (prefilled assistant turns)
+_CHATML = (  # SmolLM2's ChatML, including continue_final_message (prefilled assistant turns) and image parts
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\n' }}{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
     "{% if not (loop.last and continue_final_message) %}{{ '<|im_end|>\n' }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -257,8 +260,9 @@ _TINY_CORPUS = (
 )
 
 
-def tiny_tokenizer() -> Any:
-    """A byte-level BPE tokenizer (any text encodes) with a ChatML template, trained in-process, deterministic."""
+def tiny_tokenizer(extra_specials: tuple[str, ...] = ()) -> Any:
+    """A byte-level BPE tokenizer (any text encodes) with a ChatML template, trained in-process, deterministic;
+    `extra_specials` are added as special tokens (the tiny VLM's `<image>`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -267,7 +271,7 @@ def tiny_tokenizer() -> Any:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=512,
-        special_tokens=list(_SPECIALS),
+        special_tokens=list(_SPECIALS + extra_specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -307,6 +311,40 @@ def tiny_random_llama(seed: int = 0, hidden: int = 64, layers: int = 2,
         model = LlamaForCausalLM(config)
     model.config.name_or_path = TINY_MODEL
     return model, tokenizer
+
+
+TINY_VLM = "tiny-random-vlm"
+IMAGE_TOKEN = "<image>"
+TINY_IMAGE_SIZE, TINY_PATCH = 28, 14  # 2 x 2 patches: four placeholder tokens per image
+
+
+def tiny_random_vlm(seed: int = 0, hidden: int = 64, initializer_range: float = 0.02) -> tuple[Any, Any]:
+    """(model, processor): a LLaVA-style VLM with random weights, a 1-layer CLIP vision tower over 28 x 28 images
+    and `tiny_random_llama`'s language model shape, over `tiny_tokenizer` with an `<image>` token; seeded, built in
+    about a second with no files. The VLM tests and `recipes/smoke.yaml model=tiny-random-vlm` use it."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = tiny_tokenizer((IMAGE_TOKEN,))
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, initializer_range=initializer_range)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH, projection_dim=32)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(
+        IMAGE_TOKEN), vision_feature_layer=-1, vision_feature_select_strategy="default", tie_word_embeddings=True)
+    size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size=size),
+        tokenizer=tokenizer, patch_size=TINY_PATCH, vision_feature_select_strategy="default",
+        chat_template=_CHATML, image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.config.name_or_path = TINY_VLM
+    return model, processor
 
 
 def resolve_source(name_or_path: str) -> tuple[str, ModelSpec, bool]:
@@ -372,16 +410,17 @@ def _hub_error(source: str, exc: Exception) -> ModelError:
 
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
                seed: int = 0) -> LoadedModel:
-    """Load a causal LM and its tokenizer; `dtype="auto"` takes the spec's preferred dtype for the device.
-    `tiny-random-llama` is built in-process from `seed` (SmolLM2's facts: ChatML, <|im_end|> ends a turn)."""
+    """Load a causal LM and its tokenizer, or an image-text-to-text model (a config with a vision tower) and its
+    processor; `dtype="auto"` takes the spec's preferred dtype for the device. `tiny-random-llama` and
+    `tiny-random-vlm` are built in-process from `seed` (SmolLM2's facts: ChatML, <|im_end|> ends a turn)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name_or_path == TINY_MODEL:
-        model, tokenizer = tiny_random_llama(seed)
+    if name_or_path in (TINY_MODEL, TINY_VLM):
+        model, tok_or_proc = (tiny_random_llama if name_or_path == TINY_MODEL else tiny_random_vlm)(seed)
         model.to(pick_device(device))
         model.eval()
-        return wrap_loaded(model, tokenizer, SMOLLM2)
+        return wrap_loaded(model, tok_or_proc, SMOLLM2)
     source, spec, is_local = resolve_source(name_or_path)
     device = pick_device(device)
     dtype_name = spec.dtype_for(device) if dtype == "auto" else dtype
@@ -391,16 +430,30 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "auto", dtype: s
     if not isinstance(torch_dtype, torch.dtype):
         raise ModelError(f"unknown dtype {dtype_name!r}; use float32, bfloat16 or float16")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        if is_vision_model(source):
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            tok_or_proc = AutoProcessor.from_pretrained(source)
+            model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
+        else:
+            tok_or_proc = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         if is_local:
             raise ModelError(f"could not load model from {source}: {exc}") from None
         raise _hub_error(source, exc) from None
     model.to(device)
     model.eval()
-    prepare_tokenizer(tokenizer)
-    return LoadedModel(model, tokenizer, spec, source=source, stop_token_ids=stop_token_ids(tokenizer, spec, model))
+    loaded = wrap_loaded(model, tok_or_proc, spec)
+    loaded.source = source
+    return loaded
+
+
+def is_vision_model(source: str) -> bool:
+    """Whether the checkpoint's config has a vision tower (an image-text-to-text model: LLaVA, SmolVLM, Qwen-VL)."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(source), "vision_config", None) is not None
 
 
 def prepare_tokenizer(tokenizer: Any) -> None:
@@ -434,10 +487,15 @@ def end_of_turn_id(loaded: Any) -> int:
 
 
 def wrap_loaded(model: Any, tokenizer: Any, spec: ModelSpec | None = None) -> LoadedModel:
-    """A LoadedModel around an already-built model/tokenizer pair (tests, a model under training)."""
+    """A LoadedModel around an already-built model and its tokenizer, or a VLM's processor (tests, a model under
+    training)."""
     spec = spec or GENERIC
+    processor = None
+    if hasattr(tokenizer, "image_processor"):  # a processor: its tokenizer does the text
+        processor, tokenizer = tokenizer, tokenizer.tokenizer
     prepare_tokenizer(tokenizer)
-    return LoadedModel(model, tokenizer, spec, stop_token_ids=stop_token_ids(tokenizer, spec, model))
+    return LoadedModel(model, tokenizer, spec, stop_token_ids=stop_token_ids(tokenizer, spec, model),
+                       processor=processor)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -466,12 +524,30 @@ def apply_spec_to_messages(spec: ModelSpec, messages: list[dict]) -> list[dict]:
     return msgs
 
 
-def chat_prompt_text(loaded: LoadedModel, messages: list[dict]) -> str:
-    """The rendered prompt text (template + quirks + prefill). A final assistant message is continued, not closed."""
+def with_image_part(messages: list[dict]) -> list[dict]:
+    """The messages in the content-parts form of VLM chat templates, the image first in the first user turn."""
+    out, placed = [], False
+    for m in messages:
+        parts = [{"type": "text", "text": m["content"]}]
+        if m.get("role") == "user" and not placed:
+            parts.insert(0, {"type": "image"})
+            placed = True
+        out.append({**m, "content": parts})
+    return out
+
+
+def chat_prompt_text(loaded: LoadedModel, messages: list[dict], image: bool = False) -> str:
+    """The rendered prompt text (template + quirks + prefill). A final assistant message is continued, not closed.
+    With `image`, the VLM processor's template renders the image placeholder in the first user turn."""
     if not messages:
         raise ValueError("chat_prompt_text: messages is empty")
     msgs = apply_spec_to_messages(loaded.spec, messages)
     tok = loaded.tokenizer
+    if image:
+        if loaded.processor is None:
+            raise ModelError(f"{loaded.source or loaded.spec.name} is a text model: it cannot read an image (use an "
+                             f"image-text-to-text model, e.g. {TINY_VLM} or a Qwen2.5-VL / SmolVLM / LLaVA checkpoint)")
+        tok, msgs = loaded.processor, with_image_part(msgs)
     continuing = msgs[-1].get("role") == "assistant"
     if getattr(tok, "chat_template", None):
         text = tok.apply_chat_template(
@@ -489,3 +565,33 @@ def chat_prompt_text(loaded: LoadedModel, messages: list[dict]) -> str:
 def chat_prompt_ids(loaded: LoadedModel, messages: list[dict]) -> list[int]:
     """Token ids of the rendered chat prompt; special tokens come from the template text, none are added."""
     return list(loaded.tokenizer(chat_prompt_text(loaded, messages), add_special_tokens=False)["input_ids"])
+
+
+def chat_prompt(loaded: LoadedModel, messages: list[dict], image: str | Path | None = None) -> tuple[list[int], Any]:
+    """(token ids, ImageInput or None): `chat_prompt_ids`, or for an image (a file path) the VLM processor's ids,
+    with the image placeholder expanded, and the image's tensors and content digest (`medr1.generation.
+    ImageInput`, which the rollout carries and the prefix cache keys on)."""
+    if image is None:
+        return chat_prompt_ids(loaded, messages), None
+    import hashlib
+
+    from medr1.generation import ImageInput
+
+    text = chat_prompt_text(loaded, messages, image=True)
+    enc = loaded.processor(text=[text], images=[[open_image(image)]], return_tensors="pt", add_special_tokens=False)
+    tensors = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    digest = hashlib.sha256(tensors["pixel_values"].float().numpy().tobytes()).hexdigest()
+    token_id = getattr(loaded.processor, "image_token_id", None)
+    token_id = int(token_id if token_id is not None else loaded.model.config.image_token_id)
+    return enc["input_ids"][0].tolist(), ImageInput(token_id, tensors, digest)
+
+
+def open_image(path: str | Path) -> Any:
+    """The image file as RGB (PIL); a missing or unreadable file is a ModelError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ModelError(f"cannot read image {path}: {exc}") from None

@@ -322,8 +322,11 @@ def run_rollouts(
     backend: GenerationBackend | None = None,
     progress: bool = False,
     seed_offset: int = 0,
+    images: Sequence[Any] | None = None,
 ) -> list[Trajectory]:
     """Roll out every prompt (token ids); returns trajectories in prompt order. See the module docstring.
+    `images` (one `medr1.generation.ImageInput` or None per prompt, from `medr1.models.chat_prompt`) go with a VLM's
+    prompts into every prefill that needs them (the HF backend's continuous scheduling).
 
     With a backend that can `open()` a decode batch (HFBackend), scheduling is continuous: a trajectory that
     finished its turn leaves the batch, and a continuing or new one joins at the next step, so the batch stays full.
@@ -338,6 +341,12 @@ def run_rollouts(
     stops = tags.STOP_STRINGS if multi_turn else (tags.ANSWER_CLOSE,)
     loop = _Loop(cfg, retriever, InfoBuilder(tokenizer, cfg.max_info_tokens), tokenizer, seed_offset)
     trajs = [Trajectory(prompt_ids=list(map(int, p)), index=i) for i, p in enumerate(prompts)]
+    if images is not None and any(img is not None for img in images):
+        if len(images) != len(trajs):
+            raise ValueError(f"run_rollouts: {len(images)} images for {len(trajs)} prompts")
+        if not hasattr(backend, "open"):
+            raise ConfigError(f"image prompts need the hf generation backend, not {type(backend).__name__}")
+        loop.images = list(images)
     bar = tqdm(total=len(trajs), desc="rollouts", unit="traj", file=sys.stderr, disable=not progress)
     backend.reset()  # a prefix cache from an earlier call may hold KV of older weights
     try:
@@ -360,6 +369,7 @@ class _Loop:
                  seed_offset: int = 0):
         self.cfg, self.retriever, self.info, self.tokenizer = cfg, retriever, info, tokenizer
         self.seed_offset = seed_offset
+        self.images: list[Any] | None = None  # per trajectory index (VLM prompts)
 
     def budget(self, t: Trajectory) -> int:
         if t.forced:
@@ -416,7 +426,8 @@ class _Loop:
             joining = []
             while len(joining) < self.cfg.batch_size - batch.size and (ready or pending):
                 joining.append((ready or pending).popleft())  # continuing trajectories first: they hold KV
-            requests = [Request(t.index, t.prompt_ids + t.token_ids, self.budget(t), self.seed(t)) for t in joining]
+            requests = [Request(t.index, t.prompt_ids + t.token_ids, self.budget(t), self.seed(t),
+                                self.images[t.index] if self.images else None) for t in joining]
             finished = batch.add(requests) + batch.step()
             pairs = [(trajs[key], out) for key, out in finished]
             self.finish_turns(pairs)

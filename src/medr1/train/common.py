@@ -363,7 +363,7 @@ def set_quiet_env() -> None:
 
 
 def save_final(trainer: Any, loaded: Any, path: Path, merge: bool) -> Path:
-    """Save the trained model + tokenizer (+ medr1 spec marker); LoRA adapters are merged first when `merge`."""
+    """Save the trained model + tokenizer or processor (+ medr1 spec marker); LoRA adapters are merged first when `merge`."""
     from medr1.models import mark_model_dir
 
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -371,7 +371,7 @@ def save_final(trainer: Any, loaded: Any, path: Path, merge: bool) -> Path:
         model = model.merge_and_unload()
     if trainer.is_world_process_zero():
         model.save_pretrained(path, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(path)
+        (loaded.processor or loaded.tokenizer).save_pretrained(path)  # a VLM's processor holds its tokenizer
         mark_model_dir(path, loaded.spec)
     return path
 

@@ -118,6 +118,7 @@ class SFTExample:
     segments: list[Segment]
     gold_in_results: bool = False  # traces: the first retrieved document that is an option is the gold
     first_option_at: str = ""  # traces: where the findings search put the first option ("doc 1", "later doc", "none")
+    image: str | None = None  # an image question's file: a VLM reads it in the first user turn
 
     @property
     def target_text(self) -> str:
@@ -148,7 +149,8 @@ def explanation_example(question: Question, prompt_method: str = "cot", answer_w
     if not explanation:
         return None
     target = f"{tags.THINK_OPEN}{explanation}{tags.THINK_CLOSE}\n{answer_target(question, answer_with)}"
-    return SFTExample(question.id, "explanation", build_messages(question, prompt_method), [Segment(target)])
+    return SFTExample(question.id, "explanation", build_messages(question, prompt_method), [Segment(target)],
+                      image=question.image)
 
 
 def findings_query(question: Question, max_findings: int = 6) -> str:
@@ -260,6 +262,8 @@ def build_examples(cfg: SFTConfig, retriever: Any = None) -> tuple[list[SFTExamp
                                            else questions)
         made = [explanation_example(q, cfg.explanation_prompt, cfg.answer_with) for q in questions]
         entry["used"] = len(made)
+        if any(q.image for q in questions):
+            entry["with_image"] = sum(1 for q in questions if q.image)  # a VLM reads these in the first user turn
         letters.update(q.answer for q in questions)
         examples.extend(ex for ex in made if ex is not None)
     if cfg.trace_data:
@@ -330,16 +334,17 @@ def segment_ids(tokenizer: Any, segment: Segment, info: Any) -> list[int]:
 def tokenize_example(
     loaded: Any, example: SFTExample, max_length: int, max_info_tokens: int = 384
 ) -> dict[str, list[int]] | None:
-    """`input_ids` + `assistant_masks` (prompt and <information> 0, the model's own text and end of turn 1).
+    """`input_ids` + `assistant_masks` (prompt and <information> 0, the model's own text and end of turn 1), and for
+    an image example its processor tensors as lists (`pixel_values`, ...; `ImageCollator` batches them).
 
     Each segment is tokenized on its own, as the rollout appends tokens (information blocks cut to
     `max_info_tokens` exactly as the rollout cuts them); a think prefill already in the prompt (R1-Distill) is
     removed from the target. Truncated to `max_length`; None when nothing trainable survives.
     """
-    from medr1.models import chat_prompt_ids
+    from medr1.models import chat_prompt
     from medr1.rollout import InfoBuilder
 
-    prompt_ids = chat_prompt_ids(loaded, example.messages)
+    prompt_ids, image = chat_prompt(loaded, example.messages, example.image)
     segments = list(example.segments)
     if loaded.spec.think_prefill and segments and segments[0].text.startswith(tags.THINK_OPEN):
         first = segments[0]
@@ -353,10 +358,15 @@ def tokenize_example(
         mask.extend([int(segment.trained)] * len(ids))
     input_ids.append(models.end_of_turn_id(loaded))
     mask.append(1)
+    if image is not None and len(prompt_ids) >= max_length:
+        return None  # a cut through the image placeholders would leave features without their tokens
     input_ids, mask = input_ids[:max_length], mask[:max_length]
     if not any(mask):
         return None
-    return {"input_ids": input_ids, "assistant_masks": mask}
+    row: dict[str, Any] = {"input_ids": input_ids, "assistant_masks": mask}
+    if image is not None:
+        row.update({name: t.tolist() for name, t in image.tensors.items()})
+    return row
 
 
 def turn_lengths(mask: list[int]) -> tuple[list[int], int]:
@@ -424,15 +434,18 @@ def load_tokenizer_only(name: str) -> tuple[Any | None, str]:
     """(a LoadedModel with model=None for tokenizing, note) without loading weights; (None, why) when unavailable."""
     if name == models.TINY_MODEL:
         return models.LoadedModel(None, models.tiny_tokenizer(), models.SMOLLM2), "in-process tiny tokenizer"
+    if name == models.TINY_VLM:
+        return models.wrap_loaded(None, models.tiny_random_vlm()[1], models.SMOLLM2), "in-process tiny processor"
     try:
         source, spec, _ = models.resolve_source(name)
-        from transformers import AutoTokenizer
+        from transformers import AutoProcessor, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = (AutoProcessor if models.is_vision_model(source) else AutoTokenizer).from_pretrained(source)
     except Exception as exc:  # offline hub ids raise OSError/ValueError/HF errors; the dry run reports, not fails
         return None, f"tokenizer not available here ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
-    models.prepare_tokenizer(tokenizer)
-    return models.LoadedModel(None, tokenizer, spec, source=source), f"tokenizer from {source}"
+    loaded = models.wrap_loaded(None, tokenizer, spec)
+    loaded.source = source
+    return loaded, f"{'processor' if loaded.processor is not None else 'tokenizer'} from {source}"
 
 
 def show_example(example: SFTExample) -> str:
@@ -463,16 +476,47 @@ def run_sft(cfg: SFTConfig, dry_run: bool = False, resume: bool = False, retriev
     return common.train_and_save(trainer, loaded, cfg, checkpoint, plan, started)
 
 
+@dataclass
+class ImageCollator:
+    """TRL's padding collator for the token columns, plus the image tensors of rows that have them, concatenated in
+    row order (the order the model fills image placeholders), tiles padded by `medr1.generation.cat_image_tensors`."""
+
+    base: Any
+    image_keys: tuple[str, ...]
+
+    def __call__(self, rows: list[dict]) -> dict[str, Any]:
+        import torch
+
+        from medr1.generation import cat_image_tensors
+
+        batch = self.base([{k: v for k, v in r.items() if k not in self.image_keys} for r in rows])
+        for key in self.image_keys:
+            parts = [torch.tensor(r[key]) for r in rows if r.get(key) is not None]
+            if parts:
+                batch[key] = cat_image_tensors(parts)
+        return batch
+
+
 def build_trainer(cfg: SFTConfig, loaded: Any, rows: list[dict]) -> Any:
     from datasets import Dataset
     from trl import SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    args = trl_args(cfg)
+    image_keys = tuple(sorted({k for r in rows for k in r} - {"input_ids", "assistant_masks"}))
+    collator = None
+    if image_keys:  # a VLM's image rows: TRL's text collator would drop the pixels, and so would unused columns
+        args.remove_unused_columns = False
+        base = DataCollatorForLanguageModeling(pad_token_id=loaded.tokenizer.pad_token_id)
+        collator = ImageCollator(base, image_keys)
+        rows = [{**r, **{k: r.get(k) for k in image_keys}} for r in rows]  # text rows too: one dataset schema
     dataset = Dataset.from_list(rows)
     return SFTTrainer(
         model=loaded.model,
-        args=trl_args(cfg),
+        args=args,
         train_dataset=dataset,
-        processing_class=loaded.tokenizer,
+        data_collator=collator,
+        processing_class=loaded.processor or loaded.tokenizer,
         peft_config=common.peft_config(cfg),
         callbacks=[
             common.metrics_callback(Path(cfg.output_dir) / "metrics.jsonl", {"token_accuracy": "mean_token_accuracy"}),
