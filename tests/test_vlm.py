@@ -169,3 +169,41 @@ def test_the_llava_recipe_passes_its_dry_run(tmp_path, pngs):
     plan = sft.run_sft(cfg, dry_run=True)
     assert cfg.model == "llava-hf/llava-1.5-7b-hf" and cfg.lora and plan["peft"]
     assert plan["data"]["explanation"][f"jsonl:{data}"]["with_image"] == 2
+    from medr1.train import grpo
+
+    gcfg = load_config(grpo.GRPOConfig, recipe, [f"train_data=[jsonl:{data}]", f"output_dir={tmp_path}/g"],
+                       section="grpo")
+    gplan = grpo.run_grpo(gcfg, dry_run=True)
+    assert gplan["prompt_method"] == "cot" and gcfg.budget == cfg.budget
+
+
+def test_one_grpo_step_on_image_prompts_rolls_out_with_the_image_and_trains(tmp_path, pngs):
+    """TRL hands the image prompts over in the parts form; the rollout renders them with the image (its tensors in
+    the prefill), TRL computes the same pixels for the loss: the step is finite and the projector moves."""
+    from medr1.rollout import run_rollouts
+    from medr1.train import grpo
+
+    data = image_questions(tmp_path, pngs)
+    cfg = build_config(grpo.GRPOConfig, dict(
+        model=models.TINY_VLM, output_dir=str(tmp_path / "grpo"), train_data=[f"jsonl:{data}"], num_generations=2,
+        prompts_per_step=2, learning_rate=1e-2, max_steps=1, save_steps=1, device="cpu", temperature=1.0,
+        use_retrieval=False, max_new_tokens_per_turn=12, max_total_tokens=12, answer_tokens=0))
+    rows, _ = grpo.build_rows(cfg)
+    assert sorted(r["image"].size for r in rows) == sorted(Image.open(p).size for p in pngs)
+    loaded = models.load_model(cfg.model, "cpu")
+    projector = {k: v.detach().clone() for k, v in loaded.model.named_parameters() if "multi_modal_projector" in k}
+    seen: list = []
+
+    def spy(*args, **kw):  # the real engine, with the images the rollout function passes
+        seen.append(kw.get("images"))
+        return run_rollouts(*args, **kw)
+
+    def odd_length(completions, **kw):  # a reward with variance, so the random model gets a gradient
+        return [float(len(c[0]["content"]) % 2) for c in completions]
+
+    trainer = grpo.build_trainer(cfg, loaded, rows, None, rollout_fn=spy, extra_reward_funcs=[odd_length])
+    result = trainer.train()
+    assert trainer.state.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))
+    assert len(seen) == 1 and len(seen[0]) == 4 and all(img is not None for img in seen[0])
+    assert len({img.digest for img in seen[0]}) == 2  # two prompts, two images, each rolled out twice
+    assert any(not torch.equal(projector[k], v) for k, v in loaded.model.named_parameters() if k in projector)

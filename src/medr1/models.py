@@ -567,8 +567,24 @@ def chat_prompt_ids(loaded: LoadedModel, messages: list[dict]) -> list[int]:
     return list(loaded.tokenizer(chat_prompt_text(loaded, messages), add_special_tokens=False)["input_ids"])
 
 
-def chat_prompt(loaded: LoadedModel, messages: list[dict], image: str | Path | None = None) -> tuple[list[int], Any]:
-    """(token ids, ImageInput or None): `chat_prompt_ids`, or for an image (a file path) the VLM processor's ids,
+def split_image_parts(messages: list[dict]) -> tuple[list[dict], Any]:
+    """The inverse of `with_image_part`: (messages with plain-text content, the first image part's image or None).
+    TRL hands VLM prompts over in the parts form, the image inside (`{"type": "image", "image": <PIL.Image>}`)."""
+    out, image = [], None
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") == "image" and image is None:
+                    image = part.get("image")
+            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+        out.append({**m, "content": content})
+    return out, image
+
+
+def chat_prompt(loaded: LoadedModel, messages: list[dict], image: Any = None) -> tuple[list[int], Any]:
+    """(token ids, ImageInput or None): `chat_prompt_ids`, or for an image (a file path or a PIL image) the VLM
+    processor's ids,
     with the image placeholder expanded, and the image's tensors and content digest (`medr1.generation.
     ImageInput`, which the rollout carries and the prefix cache keys on)."""
     if image is None:
@@ -586,10 +602,13 @@ def chat_prompt(loaded: LoadedModel, messages: list[dict], image: str | Path | N
     return enc["input_ids"][0].tolist(), ImageInput(token_id, tensors, digest)
 
 
-def open_image(path: str | Path) -> Any:
-    """The image file as RGB (PIL); a missing or unreadable file is a ModelError naming it."""
+def open_image(path: Any) -> Any:
+    """The image file as RGB (PIL; a PIL image is taken as it is); a missing or unreadable file is a ModelError
+    naming it."""
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(path, Image.Image):
+        return path.convert("RGB")
     try:
         with Image.open(path) as im:
             return im.convert("RGB")

@@ -137,7 +137,7 @@ def prompt_row(question: Question, method: str) -> dict[str, Any]:
     from medr1.prompts import build_messages
 
     letters = "".join(sorted(question.options))
-    return {
+    row = {
         "prompt": build_messages(question, method),
         "answer": question.answer if question.options else None,  # an open row is scored by open_correctness
         "letters": letters,
@@ -146,6 +146,9 @@ def prompt_row(question: Question, method: str) -> dict[str, Any]:
         "gold_id": None if question.options else (question.gold_doc_ids or [None])[0],
         "gold_doc_ids": list(question.gold_doc_ids),  # the context_recall reward's reference
     }
+    if question.image is not None:  # TRL puts it into the prompt's first user turn and computes its pixels
+        row["image"] = models.open_image(question.image)
+    return row
 
 
 def build_rows(cfg: GRPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -300,7 +303,7 @@ def make_rollout_func(
     vLLM engine, which our rollout drives through `VLLMBackend`; otherwise the unwrapped model (ZeRO-3 parameters
     gathered by TRL's `unwrap_model_for_generation`) generates through the Hugging Face backend, in eval mode.
     """
-    from medr1.models import chat_prompt_ids
+    from medr1.models import chat_prompt, split_image_parts
 
     end_id = models.end_of_turn_id(base)
 
@@ -308,7 +311,9 @@ def make_rollout_func(
         fn = rollout_fn
         if fn is None:
             from medr1.rollout import run_rollouts as fn
-        prompt_ids = [chat_prompt_ids(base, p) for p in prompts]
+        built = [chat_prompt(base, *split_image_parts(p)) for p in prompts]  # a VLM row's image comes inside
+        prompt_ids, images = [ids for ids, _ in built], [img for _, img in built]
+        with_images = {"images": images} if any(img is not None for img in images) else {}
         # A fresh seed per step and process: rows of one group already differ (the rollout seeds by row index), and
         # a resumed run does not replay the samples of earlier steps.
         seed = rcfg.seed + 1_000_003 * trainer.state.global_step + 7_919 * trainer.accelerator.process_index
@@ -319,9 +324,9 @@ def make_rollout_func(
             from medr1.generation import VLLMBackend
 
             backend = VLLMBackend(trainer.vllm_generation.llm, base.tokenizer, base.stop_token_ids)
-            trajectories = fn(base, prompt_ids, retriever, cfg, backend=backend)
+            trajectories = fn(base, prompt_ids, retriever, cfg, backend=backend, **with_images)
         else:
-            trajectories = _hf_rollouts(fn, base, trainer, prompt_ids, retriever, cfg)
+            trajectories = _hf_rollouts(fn, base, trainer, prompt_ids, retriever, cfg, **with_images)
         if len(trajectories) != len(prompts):
             raise RuntimeError(f"rollout returned {len(trajectories)} trajectories for {len(prompts)} prompts")
         stats.add(trajectories, time.perf_counter() - started)
@@ -332,7 +337,8 @@ def make_rollout_func(
     return rollout_func
 
 
-def _hf_rollouts(fn: RolloutFn, base: Any, trainer: Any, prompt_ids: list, retriever: Any, cfg: Any) -> list[Any]:
+def _hf_rollouts(fn: RolloutFn, base: Any, trainer: Any, prompt_ids: list, retriever: Any, cfg: Any,
+                 **images: Any) -> list[Any]:
     import torch
     from trl.models import unwrap_model_for_generation
 
@@ -345,7 +351,7 @@ def _hf_rollouts(fn: RolloutFn, base: Any, trainer: Any, prompt_ids: list, retri
         was_training = model.training
         model.eval()
         try:
-            return fn(dataclasses.replace(base, model=model), prompt_ids, retriever, cfg)
+            return fn(dataclasses.replace(base, model=model), prompt_ids, retriever, cfg, **images)
         finally:
             if was_training:
                 model.train()
@@ -424,7 +430,7 @@ def build_trainer(
         reward_funcs=funcs,
         args=args,
         train_dataset=Dataset.from_list(rows),
-        processing_class=loaded.tokenizer,
+        processing_class=loaded.processor or loaded.tokenizer,  # a VLM's processor: TRL computes its pixels
         peft_config=common.peft_config(cfg),
         rollout_func=make_rollout_func(loaded, retriever, rollout_config(cfg), stats, rollout_fn),
         callbacks=[
