@@ -143,18 +143,29 @@ def test_max_total_tokens_bounds_completion(tiny_llama, tok) -> None:
 
 def test_a_reply_cut_off_by_its_budget_gets_a_forced_answer(tiny_llama, tok) -> None:
     """answer_tokens: the environment closes the open <think> and opens <answer> (mask 0); the model's answer
-    tokens are sampled (mask 1), bounded by answer_tokens, not counted as a turn; an eos reply is left alone."""
+    tokens are sampled (mask 1), bounded by answer_tokens, not counted as a turn. A reply that ended its turn
+    without answering is reopened the same way, its end-of-turn token taken back (`force_after_eos`, on by
+    default); with it off, that reply stays as it ended."""
     p, q = prompt(tok, "ramble"), prompt(tok, "quits")
     ramble, answer = "<think>" + "word " * 50, "B</answer>"
-    backend = scripted(tok, {"ramble": [ramble, answer], "quits": ["no answer<EOS>"]}, eos_id=tok.eos_token_id)
+    turns = {"ramble": [ramble, answer], "quits": ["no answer<EOS>", "C</answer>"]}
+    backend = scripted(tok, turns, eos_id=tok.eos_token_id)
     cfg = RolloutConfig(max_turns=1, max_new_tokens_per_turn=9, answer_tokens=6)
     t, u = run_rollouts(tiny_llama, [p, q], None, cfg, backend=backend)
     gen, forced, ans = ids(tok, ramble)[:9], ids(tok, "</think>\n<answer>"), ids(tok, answer)
     assert t.token_ids == gen + forced + ans[:6]
     assert t.loss_mask == [1] * 9 + [0] * len(forced) + [1] * len(ans[:6])
     assert (t.finish_reason, t.forced, t.turns, t.n_generated) == ("forced", True, 1, 9 + len(ans[:6]))
-    assert backend.calls[-1] == [p + gen + forced]  # the forced turn continues the ids kept so far
-    assert (u.finish_reason, u.forced) == ("eos", False)
+    said, reopened, answered = ids(tok, "no answer"), ids(tok, "\n<answer>"), ids(tok, "C</answer>")
+    assert len(said) < 9  # it ended by itself, inside the budget
+    assert backend.calls[-1] == [p + gen + forced, q + said + reopened]  # the end-of-turn token taken back
+    assert u.token_ids == said + reopened + answered and tok.eos_token_id not in u.token_ids
+    assert u.loss_mask == [1] * len(said) + [0] * len(reopened) + [1] * len(answered)
+    assert (u.finish_reason, u.forced, u.turns, u.n_generated) == ("forced", True, 1, len(said) + len(answered))
+    assert u.text == "no answer\n<answer>C</answer>"
+    off = RolloutConfig(max_turns=1, max_new_tokens_per_turn=9, answer_tokens=6, force_after_eos=False)
+    (u,) = run_rollouts(tiny_llama, [q], None, off, backend=scripted(tok, turns, eos_id=tok.eos_token_id))
+    assert (u.finish_reason, u.forced, u.token_ids[-1]) == ("eos", False, tok.eos_token_id)
     # off by default: the same reply stays cut off
     backend = scripted(tok, {"ramble": [ramble, answer]})
     (t,) = run_rollouts(tiny_llama, [p], None, RolloutConfig(max_turns=1, max_new_tokens_per_turn=9), backend=backend)

@@ -15,7 +15,9 @@ One trajectory is a small state machine, GENERATE -> (SEARCH -> GENERATE)* -> DO
   model to answer now, so a model that keeps searching still gets one turn to answer.
     forced     with `answer_tokens` > 0, a trajectory cut off ("budget" or "max_turns") is reopened once: the
                environment closes its open tag and writes `<answer>` (loss_mask 0), and the model writes the answer
-               in at most `answer_tokens` tokens (loss_mask 1; not a turn). Every method gets the same forced answer,
+               in at most `answer_tokens` tokens (loss_mask 1; not a turn). With `force_after_eos` (the default),
+               so is a reply that ended its turn without answering ("eos"): its end-of-turn token is taken back
+               first, so the answer continues the reasoning. Every method gets the same forced answer,
                so budgets stay equal; the `forced` count shows how often the budget did not fit the reasoning.
 
 A retrieval exception, an empty query or an empty result becomes observation text ("Search failed: …" /
@@ -74,6 +76,7 @@ class Budget:
     topk: int = 3  # passages per search
     max_info_tokens: int = 384  # tokens of one <information> block, tags included
     answer_tokens: int = 0  # forced answer: tokens a reply that ended without `<answer>` gets to write one (0 = off)
+    force_after_eos: bool = True  # the forced answer also for a reply that ended its turn (eos) without answering
 
     def validate_budget(self, where: str = "rollout") -> None:
         for key in ("max_turns", "max_new_tokens_per_turn", "max_total_tokens", "topk"):
@@ -257,12 +260,15 @@ def _apply_generation(t: Trajectory, out: GenOutput, cfg: RolloutConfig, tokeniz
     return None
 
 
-def _force_answer(t: Trajectory, tokenizer: Any) -> None:
-    """Reopen a trajectory the budget cut off ("budget", "max_turns"): close its open tag and open `<answer>`
-    (loss_mask 0, written by the environment); its next turn is the forced answer of `answer_tokens`. A reply
-    that ended itself (end-of-sequence) without an answer is left as it is."""
-    if t.finish_reason not in ("budget", "max_turns") or t.forced:
+def _force_answer(t: Trajectory, tokenizer: Any, after_eos: bool = True) -> None:
+    """Reopen a trajectory the budget cut off ("budget", "max_turns") or, with `after_eos`, one that ended its turn
+    without answering ("eos"; its end-of-turn token, the last one, is taken back): close its open tag and open
+    `<answer>` (loss_mask 0, written by the environment); its next turn is the forced answer of `answer_tokens`."""
+    if t.forced or t.finish_reason not in ("budget", "max_turns", *(("eos",) if after_eos else ())):
         return
+    if t.finish_reason == "eos" and t.token_ids:
+        t.token_ids.pop(), t.loss_mask.pop(), t.logprobs.pop()
+        t.n_generated -= 1
     text = tokenizer.decode(t.token_ids, skip_special_tokens=True)
     ids = list(tokenizer(tags.force_answer_text(text), add_special_tokens=False)["input_ids"])
     t.token_ids += ids
@@ -399,7 +405,7 @@ class _Loop:
         if self.cfg.answer_tokens:
             for t, _ in pairs:
                 if t.done:
-                    _force_answer(t, self.tokenizer)
+                    _force_answer(t, self.tokenizer, self.cfg.force_after_eos)
 
     def lockstep(self, backend: GenerationBackend, trajs: list[Trajectory], stops: tuple[str, ...], bar: Any) -> None:
         pending, active = deque(trajs), []
