@@ -265,7 +265,8 @@ def test_a_jsonl_of_cases_ranks_like_its_phenopackets_and_plain_questions_are_re
 
 def test_names_are_normalized_to_disease_ids_by_counted_routes():
     """Exact (case and punctuation aside, a trained "(B)" tail dropped), the same words reordered (OMIM's inverted
-    names), then BM25 over the names; nothing to read or no shared word is a counted failure, never a guess."""
+    names), then BM25 over the names when the best name holds half the answer's distinctive words; nothing to read,
+    no shared word or only generic ones shared is a counted failure, never a guess."""
     from medr1.data.hpo import load_hpo
     from medr1.open_diagnosis import NameNormalizer
 
@@ -279,6 +280,18 @@ def test_names_are_normalized_to_disease_ids_by_counted_routes():
     assert all(d.startswith("OMIM:") for d in norm.ids)  # Orphanet twins are not candidates for OMIM-coded cases
     assert norm(None) == (None, "no answer") and norm("  (C) ") == (None, "no answer")
     assert norm("qwzx blorft") == (None, "no name shares a word")
+    assert norm("Autosomal recessive syndrome type 2") == (None, "no close name")  # only generic words
+    assert norm("Wolfram-like retinitis of the qwzx blorft") == (None, "no close name")  # 1 of 4 distinctive words
+
+
+def test_a_retrieved_name_is_close_when_it_holds_half_the_distinctive_words():
+    from medr1.open_diagnosis import close_name, distinctive_words
+
+    assert distinctive_words("Lipodystrophy, familial partial, type 4") == {"lipodystrophy", "partial"}
+    assert close_name("Familial partial lipodystrophy", "Lipodystrophy, familial partial, type 4")
+    assert close_name("Marfan disease", "Marfan syndrome") and not close_name("Syndrome", "Marfan syndrome")
+    assert not close_name("Retinitis Wolfram blend", "Retinitis pigmentosa")  # 1 of 3
+    assert close_name("Retinitis Wolfram", "Retinitis pigmentosa")  # 1 of 2: half
 
 
 class NameTheDiagnosis(ScriptedGenerator):
@@ -317,7 +330,7 @@ def test_self_ask_open_names_the_diagnosis_and_is_scored_top_1_only(tmp_path):
     assert records[other["id"]]["rank"] is None and records[other["id"]]["route"] == "no answer"
     assert got["single_answer"] and got["answered_by"] == "self-ask" and got["model_eval"] == "answers"
     assert got["normalized"] == {"exact name": 0, "reordered name": 1, "name retrieval": 0, "no answer": 1,
-                                 "no name shares a word": 0}
+                                 "no name shares a word": 0, "no close name": 0}
     assert got["subsets"]["disease in KB"]["top1"] == 0.5 and "| — | — | — |" in got["table"]
     assert len((tmp_path / "named" / "answers" / "samples.jsonl").read_text().splitlines()) == 2
     text = compare_evals(tmp_path / "named", tmp_path / "plain")

@@ -19,8 +19,9 @@ diagnostician must beat:
   (self-ask searching while it reasons, rag with passages in its prompt; the same budget as every evaluation).
   `NameNormalizer` maps the name to a disease id of the cases' namespace: the exact name (case and punctuation
   aside), then the same words in another order (OMIM writes "Apnea, central sleep"), then BM25 over the disease
-  names (the best-scoring name that shares a word); each answer's route is counted (`normalized`), and so is each
-  failure ("no answer", "no name shares a word"). One answer is one diagnosis: top-1 only (`single_answer`);
+  names (the best-scoring name, kept only when it holds at least half of the answer's distinctive words: not
+  "syndrome", "type", "autosomal", ...); each answer's route is counted (`normalized`), and so is each failure
+  ("no answer", "no name shares a word", "no close name"). One answer is one diagnosis: top-1 only (`single_answer`);
   top-3, top-10 and MRR are left out of the table and of `medr1 compare`;
 - `rerank`: the multiple-choice skill turned into open diagnosis. A ranker (`first`, bm25 by default) gives each
   case its top `k` diseases; they become the options of a question (letters seeded per case); the model answers it
@@ -257,6 +258,24 @@ def name_key(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text.casefold()).split())
 
 
+# Words that name no disease by themselves: a retrieved name sharing only these with an answer is not that answer.
+GENERIC_WORDS = frozenset(
+    "a an and the of in with to or due like type form syndrome disease disorder deficiency familial congenital "
+    "autosomal dominant recessive x linked early late onset infantile juvenile adult".split())
+CLOSE_SHARE = 0.5  # the share of an answer's distinctive words a retrieved name must hold
+
+
+def distinctive_words(text: str) -> set[str]:
+    """The words of a name that tell one disease from another (`GENERIC_WORDS` and numbers left out)."""
+    return {w for w in name_key(text).split() if w not in GENERIC_WORDS and not w.isdigit()}
+
+
+def close_name(answer: str, name: str) -> bool:
+    """Whether `name` holds at least `CLOSE_SHARE` of the answer's distinctive words (and at least one)."""
+    words = distinctive_words(answer)
+    return bool(words) and len(words & distinctive_words(name)) >= CLOSE_SHARE * len(words)
+
+
 def word_bag(text: str) -> str:
     """The same words in any order ("Apnea, central sleep" = "central sleep apnea")."""
     return " ".join(sorted(name_key(text).split()))
@@ -265,10 +284,10 @@ def word_bag(text: str) -> str:
 class NameNormalizer:
     """A free-text diagnosis -> (disease id or None, route) over the diseases of `spaces` (see the module
     docstring); routes: "exact name", "reordered name", "name retrieval"; failures: "no answer", "no name shares
-    a word"."""
+    a word", "no close name" (the best-scoring name holds under half the answer's distinctive words)."""
 
     ROUTES = ("exact name", "reordered name", "name retrieval")
-    FAILURES = ("no answer", "no name shares a word")
+    FAILURES = ("no answer", "no name shares a word", "no close name")
 
     def __init__(self, hpo: HPO, spaces: set[str]) -> None:
         from medr1.retrieval.bm25 import BM25Retriever
@@ -299,7 +318,11 @@ class NameNormalizer:
         if bag in self.bag:
             return self.bag[bag], "reordered name"
         hits = self.titles.search([text], 1)[0]
-        return (hits[0].doc.id, "name retrieval") if hits else (None, "no name shares a word")
+        if not hits:
+            return None, "no name shares a word"
+        if not close_name(text, hits[0].doc.title):
+            return None, "no close name"
+        return hits[0].doc.id, "name retrieval"
 
 
 def open_question(case: Question) -> Question:
