@@ -354,3 +354,30 @@ def test_open_prompts_are_option_less_rows_rewarded_by_the_normalized_name(tmp_p
     assert open_correct(named[:1], gold_id=["ORPHA:558"], letters=[""], option_texts=[[]]) == [1.0]  # the twin
     with pytest.raises(ConfigError, match="open_prompts needs the open_correctness reward"):
         tiny_cfg(tmp_path, f"jsonl:{path}", open_prompts=2)
+
+
+def test_ranks_and_steps_sample_different_rollouts_of_the_same_prompts(tmp_path, data_spec, monkeypatch):
+    """The rollout seed follows the step and the process (`rcfg.seed + 1_000_003 x step + 7_919 x rank`) and each
+    row draws from its own: two ranks given the same prompts at the same step sample different completions, and
+    the same rank and step sample the same ones again (a resumed run does not replay other steps)."""
+    import contextlib
+
+    import trl.models
+
+    cfg = tiny_cfg(tmp_path, data_spec, max_new_tokens_per_turn=12, max_total_tokens=12, use_retrieval=False)
+    loaded = models.load_model(cfg.model, "cpu")
+    monkeypatch.setattr(trl.models, "unwrap_model_for_generation",
+                        lambda model, accelerator, **kw: contextlib.nullcontext(model))
+    rollout = grpo.make_rollout_func(loaded, None, grpo.rollout_config(cfg), grpo.RolloutStats())
+    prompts = [grpo.prompt_row(question(0), "cot")["prompt"]] * 2  # one prompt, a group of two
+
+    def trainer(rank: int, step: int = 0) -> SimpleNamespace:
+        return SimpleNamespace(state=SimpleNamespace(global_step=step), accelerator=SimpleNamespace(process_index=rank),
+                               model_wrapped=loaded.model, args=SimpleNamespace(ds3_gather_for_generation=True),
+                               use_vllm=False)
+
+    rank0, rank1 = rollout(prompts, trainer(0))["completion_ids"], rollout(prompts, trainer(1))["completion_ids"]
+    assert rank0[0] != rank0[1]  # the rows of a group differ
+    assert rank0 != rank1 and rank0[0] != rank1[0] and rank0[1] != rank1[1]  # so do the ranks, row by row
+    assert rollout(prompts, trainer(0))["completion_ids"] == rank0  # seeded: the same rank and step again
+    assert rollout(prompts, trainer(0, step=1))["completion_ids"] != rank0  # the next step draws anew
