@@ -407,7 +407,7 @@ def ask_cmd(
 
     Example: medr1 ask "Recurrent fevers, abdominal pain and serositis in a child"
 
-    Example: medr1 ask "What does this chest film show?" --image cxr.png --model Qwen/Qwen2.5-VL-7B-Instruct
+    Example: medr1 ask "What does this chest film show?" --image cxr.png --model llava-hf/llava-1.5-7b-hf
     """
     import json
 

@@ -282,17 +282,11 @@ def tiny_tokenizer(extra_specials: tuple[str, ...] = ()) -> Any:
     return fast
 
 
-def tiny_random_llama(seed: int = 0, hidden: int = 64, layers: int = 2,
-                      initializer_range: float = 0.02) -> tuple[Any, Any]:
-    """(model, tokenizer): a small random Llama (2 layers, 64 wide by default) over `tiny_tokenizer()`, seeded.
+def tiny_llama_config(tokenizer: Any, hidden: int = 64, layers: int = 2, initializer_range: float = 0.02) -> Any:
+    """The tiny Llama's shape over `tokenizer` (the text model of `tiny_random_llama` and of `tiny_random_vlm`)."""
+    from transformers import LlamaConfig
 
-    A larger `initializer_range` (the tests use 0.2) gives sharper random logits, so greedy text varies.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = tiny_tokenizer()
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -306,6 +300,19 @@ def tiny_random_llama(seed: int = 0, hidden: int = 64, layers: int = 2,
         tie_word_embeddings=True,
         initializer_range=initializer_range,
     )
+
+
+def tiny_random_llama(seed: int = 0, hidden: int = 64, layers: int = 2,
+                      initializer_range: float = 0.02) -> tuple[Any, Any]:
+    """(model, tokenizer): a small random Llama (2 layers, 64 wide by default) over `tiny_tokenizer()`, seeded.
+
+    A larger `initializer_range` (the tests use 0.2) gives sharper random logits, so greedy text varies.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = tiny_llama_config(tokenizer, hidden, layers, initializer_range)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -321,16 +328,13 @@ TINY_IMAGE_SIZE, TINY_PATCH = 28, 14  # 2 x 2 patches: four placeholder tokens p
 def tiny_random_vlm(seed: int = 0, hidden: int = 64, initializer_range: float = 0.02) -> tuple[Any, Any]:
     """(model, processor): a LLaVA-style VLM with random weights, a 1-layer CLIP vision tower over 28 x 28 images
     and `tiny_random_llama`'s language model shape, over `tiny_tokenizer` with an `<image>` token; seeded, built in
-    about a second with no files. The VLM tests and `recipes/smoke.yaml model=tiny-random-vlm` use it."""
+    about a second with no files; the VLM tests use it."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     tokenizer = tiny_tokenizer((IMAGE_TOKEN,))
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, initializer_range=initializer_range)
+    text = tiny_llama_config(tokenizer, hidden, initializer_range=initializer_range)
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                               image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH, projection_dim=32)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(
@@ -546,7 +550,7 @@ def chat_prompt_text(loaded: LoadedModel, messages: list[dict], image: bool = Fa
     if image:
         if loaded.processor is None:
             raise ModelError(f"{loaded.source or loaded.spec.name} is a text model: it cannot read an image (use an "
-                             f"image-text-to-text model, e.g. {TINY_VLM} or a Qwen2.5-VL / SmolVLM / LLaVA checkpoint)")
+                             f"image-text-to-text model, e.g. {TINY_VLM} or a LLaVA checkpoint)")
         tok, msgs = loaded.processor, with_image_part(msgs)
     continuing = msgs[-1].get("role") == "assistant"
     if getattr(tok, "chat_template", None):
