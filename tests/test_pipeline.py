@@ -351,7 +351,10 @@ def test_real_stages_on_a_tiny_setup(tmp_path, monkeypatch) -> None:
     for method in ("cot", "bm25-ranker"):
         metrics = json.loads((run_dir / "baselines" / method / "hpo-dx-test" / "metrics.json").read_text())
         assert metrics["n"] == 3 and metrics["method"] == method
+        # the RAGAS columns (`medr1 ragas`, non-LLM without a judge) of every retrieving eval only
+        assert ("ragas_id_recall" in metrics) == (method == "bm25-ranker")
     md = (run_dir / "report.md").read_text()
+    assert "ragas ID precision" in md
     assert "| baseline cot | 0.0% [0.0–56.2]" in md and "| SFT | not run |" in md
     assert "MIRAGE medqa: not run (mirage:medqa@/nonexistent/benchmark.json: file not found" in md
     again = pl.run_pipeline(recipe, progress=False)

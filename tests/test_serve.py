@@ -32,6 +32,7 @@ def _body(**kw) -> bytes:
     (_body(tools=[]), 422, "unknown field(s) ['tools']"),
     (_body(stream=True), 422, "'stream'=True is not supported"),
     (_body(n=2), 422, "'n'=2"),
+    (_body(response_format={"type": "json_object"}), 422, "'response_format'"),  # decoding is not constrained
     (_body(model="gpt-4"), 404, "'gpt-4' is not served"),
     (json.dumps({"messages": []}).encode(), 422, "non-empty list"),
     (json.dumps({"messages": [{"role": "tool", "content": "x"}]}).encode(), 422, "messages[0]"),
@@ -61,6 +62,7 @@ def test_a_good_request_parses_with_defaults_and_text_parts() -> None:
     assert req.case == "fever, rash" and req.max_tokens == 5 and req.stop == ("</answer>",)
     assert req.temperature == 0.0 and list(req.options) == ["A", "B"]
     assert serve.parse_chat_request(_body(), "medr1", 64, 16).max_tokens == 16
+    assert serve.parse_chat_request(_body(response_format={"type": "text"}), "medr1", 64, 16).max_tokens == 16
 
 
 @pytest.fixture(scope="module")

@@ -384,6 +384,43 @@ def eval_cmd(
     echo_err(f"wrote {cfg.out}/samples.jsonl and {cfg.out}/metrics.json")
 
 
+@app.command("ragas")
+@friendly_errors
+def ragas_cmd(
+    eval_dir: str = typer.Argument(..., help="An eval output directory (samples.jsonl, metrics.json)."),
+    index: str | None = typer.Option(None, "--index", help="The index the eval retrieved from (default: the one in "
+                                                          "its config.yaml, else HPO BM25)."),
+    judge: str | None = typer.Option(None, "--judge", help="Base URL of an OpenAI-compatible API for the LLM metrics "
+                                                          "(faithfulness, answer relevancy), e.g. http://127.0.0.1:8001/v1."),
+    judge_model: str = typer.Option("medr1", "--judge-model", help="The model id the judge endpoint serves."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable with the key."),
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="Only the first N records."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Records scored at once."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds per judge request."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """RAGAS metrics of an eval's traces by the ragas library: ID-based context precision and recall without a
+    judge; faithfulness and answer relevancy with --judge. Adds ragas_* keys to metrics.json; resumable.
+
+    Example: medr1 ragas runs/quickstart/eval-sft/self-ask/hpo-dx-test
+
+    Example: medr1 ragas runs/eval/self-ask --judge http://127.0.0.1:8001/v1 --judge-model medr1 --limit 50
+    """
+    from medr1.ragas_eval import RAGAS_KEYS, RagasConfig, run_ragas
+
+    cfg = RagasConfig(eval_dir=eval_dir, index=index, judge=judge, judge_model=judge_model, api_key_env=api_key_env,
+                      limit=limit, concurrency=concurrency, timeout_s=timeout)
+    summary = run_ragas(cfg, progress=not quiet)
+    for key in RAGAS_KEYS:
+        value = summary[key]
+        typer.echo(f"{key}: {'n/a' if value is None else f'{value:.3f}'} (n={summary[key + '_n']})")
+    typer.echo(f"{summary['n_records']} records; failures: {summary['failures'] or 'none'}")
+    echo_err(f"wrote {eval_dir}/ragas.json and {eval_dir}/ragas.jsonl; metrics.json has the ragas_* keys")
+    if summary["failures"]:
+        echo_err("failed records are not cached: run the same command again to retry them")
+        raise typer.Exit(code=1)
+
+
 @app.command("ask")
 @friendly_errors
 def ask_cmd(

@@ -311,7 +311,8 @@ def aggregate(samples: Sequence[dict[str, Any]], uses_retrieval: bool = True, te
 
 
 RAG_KEYS = ("context_precision", "context_recall", "answer_in_evidence")
-PERCENT_KEYS = ("accuracy", "unparseable_rate", "gold_hit_rate", "chance_accuracy") + RAG_KEYS  # shown as percent
+RAGAS_KEYS = ("ragas_id_precision", "ragas_id_recall", "ragas_faithfulness", "ragas_answer_relevancy")  # medr1 ragas
+PERCENT_KEYS = ("accuracy", "unparseable_rate", "gold_hit_rate", "chance_accuracy") + RAG_KEYS + RAGAS_KEYS
 
 
 def rag_metrics(samples: Sequence[dict[str, Any]]) -> dict[str, float | None]:

@@ -103,6 +103,11 @@ class RunConfig:
     # open-ended diagnosis of the run's real-patient sample (stage `open`): rankers once, LLM open methods
     # (self-ask-open, rag-open, rerank) with the untrained model and each trained one that ran (SFT, GRPO+RAG)
     open_methods: list[str] = field(default_factory=list)
+    # RAGAS columns of every retrieving eval (`medr1 ragas`, when the ragas extra is installed): the non-LLM ID
+    # metrics always; faithfulness and answer relevancy when `ragas_judge` names an OpenAI-compatible endpoint
+    ragas: bool = True
+    ragas_judge: str | None = None
+    ragas_judge_model: str = "medr1"
 
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
@@ -593,7 +598,28 @@ def execute_eval(ctx: StageContext) -> dict[str, Any]:
                       "accuracy": metrics.get("accuracy")})
         _say(f"  {ctx.name}: {label}: accuracy {_pct(metrics.get('accuracy'))} over {metrics.get('n')} "
              f"({metrics.get('seconds_per_question') or 0:.2f} s/question)")
+        if get_method(cfg.method).retrieves:
+            ragas_columns(ctx, cfg)
     return {"evals": evals, "model": first.model, "paths": [str(Path(e["out"]) / "metrics.json") for e in evals]}
+
+
+def ragas_columns(ctx: StageContext, cfg: Any) -> None:
+    """`medr1 ragas` over one retrieving eval's directory, as `run.ragas` / `run.ragas_judge` ask; a missing ragas
+    extra is said and skipped, a failing judge is said (its records are retried when the stage reruns)."""
+    run = ctx.plan.run
+    if not run.ragas:
+        return
+    from medr1.ragas_eval import RagasConfig, require_ragas, run_ragas
+
+    try:
+        require_ragas()
+    except ConfigError as exc:
+        _say(f"  {ctx.name}: no RAGAS columns: {exc}")
+        return
+    summary = run_ragas(RagasConfig(eval_dir=cfg.out, index=cfg.index, judge=run.ragas_judge,
+                                    judge_model=run.ragas_judge_model), progress=ctx.plan.progress)
+    if summary["failures"]:
+        _say(f"  {ctx.name}: RAGAS judge failures {summary['failures']} (not scored)")
 
 
 def _pct(x: float | None) -> str:

@@ -249,6 +249,8 @@ DETAIL_KEYS = (
     ("context_precision", "context precision"), ("answer_in_evidence", "answer in evidence"),
     ("searches_per_question", "searches/q"), ("generated_tokens_mean", "tokens/q"),
     ("seconds_per_question", "s/q"), ("tool_errors", "tool errors"),
+    ("ragas_id_precision", "ragas ID precision"), ("ragas_faithfulness", "ragas faithfulness"),
+    ("ragas_answer_relevancy", "ragas answer relevancy"),
 )
 
 

@@ -48,8 +48,11 @@ ROLES = ("system", "user", "assistant")
 MAX_STOPS = 4
 # Fields an OpenAI client may send; the ones medr1 does not implement are accepted only at their neutral value.
 FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n",
-          "stream", "user", "options", "frequency_penalty", "presence_penalty", "logprobs"}
-NEUTRAL = {"n": 1, "stream": False, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False}
+          "stream", "user", "options", "frequency_penalty", "presence_penalty", "logprobs", "response_format"}
+# response_format: decoding is never constrained to JSON here, so only plain text is served (a JSON judge needs an
+# engine with guided decoding, e.g. a vLLM server)
+NEUTRAL = {"n": 1, "stream": False, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False,
+           "response_format": {"type": "text"}}
 
 
 @dataclass(frozen=True)

@@ -295,13 +295,21 @@ def _checked_corpus(meta: dict[str, Any], index_dir: Path, corpus_dir: str | Pat
     return path
 
 
-def load_index(index_dir: str | Path, corpus_dir: str | Path | None = None, mmap: bool = True) -> Retriever:
-    """Load a persisted index as a Retriever, refusing a corpus that does not match the recorded hash."""
+def corpus_documents(index_dir: str | Path, corpus_dir: str | Path | None = None) -> list[Document]:
+    """The documents of the corpus an index was built from, checked against its recorded hash and count."""
     index_dir = Path(index_dir).expanduser().resolve()
     meta = read_index_meta(index_dir)
     docs = load_corpus_documents(_checked_corpus(meta, index_dir, corpus_dir))
     if len(docs) != meta["corpus"]["docs"]:
         raise DataError(f"{index_dir}: index records {meta['corpus']['docs']} documents, corpus has {len(docs)}")
+    return docs
+
+
+def load_index(index_dir: str | Path, corpus_dir: str | Path | None = None, mmap: bool = True) -> Retriever:
+    """Load a persisted index as a Retriever, refusing a corpus that does not match the recorded hash."""
+    index_dir = Path(index_dir).expanduser().resolve()
+    meta = read_index_meta(index_dir)
+    docs = corpus_documents(index_dir, corpus_dir)
     retriever = RETRIEVERS[meta["kind"]].load(index_dir, docs, meta["params"], mmap)
     retriever.index_dir = index_dir
     retriever.meta = meta
