@@ -47,6 +47,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path) -> No
     a, b = _steps(two), _steps(one)
     assert [s["step"] for s in a] == [1, 2] and [s["epoch"] for s in a] == pytest.approx([1 / 3, 2 / 3])
     assert all(s["loss"] == s["loss"] and s["grad_norm"] > 0 for s in a)  # finite losses, weights moved
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["distributed"] == {"type": "MULTI_CPU", "processes": 2}
+    assert json.loads((one / "summary.json").read_text())["distributed"]["processes"] == 1
     # step 1: each rank trained its half of the same 8 examples as the single process. (Step 2 matched too on
     # every local run, but once in CI it held a different example, 12,296 vs 12,326 tokens: not yet explained.)
     x, y = a[0], b[0]
@@ -60,3 +63,16 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path) -> No
     assert [s["step"] for s in steps] == [1, 2] and all(s["loss"] == s["loss"] for s in steps)  # finite, no NaN
     assert (grpo / "final" / "config.json").is_file()
 
+
+
+def test_fsdp_on_cpu_is_refused_before_training_instead_of_running_as_ddp(tmp_path) -> None:
+    """accelerate sets FSDP up on accelerators only: with `fsdp` on a CPU run it trains plain DDP (two processes) or
+    transformers fails (one). medr1 refuses it with a clear error before loading the model, and writes nothing."""
+    out = tmp_path / "fsdp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "medr1.cli", "sft", "--config", SMOKE, f"output_dir={out}",
+                           "fsdp=full_shard auto_wrap"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode != 0
+    assert "FSDP was asked for on a CPU run" in done.stderr and "Traceback" not in done.stderr
+    assert not (out / "metrics.jsonl").exists()

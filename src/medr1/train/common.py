@@ -376,10 +376,30 @@ def save_final(trainer: Any, loaded: Any, path: Path, merge: bool) -> Path:
     return path
 
 
+def distributed_setup(trainer: Any) -> dict[str, Any]:
+    """How accelerate set the run up, for summary.json: {"type": "MULTI_CPU", "processes": 2}, "FSDP", "NO", ..."""
+    state = trainer.accelerator.state
+    return {"type": str(getattr(state.distributed_type, "value", state.distributed_type)),
+            "processes": state.num_processes}
+
+
+def refuse_fsdp_on_cpu(args: Any) -> None:
+    """FSDP asked for (`fsdp=...` or accelerate's FSDP config) on a CPU run is a ConfigError: accelerate shards only
+    on accelerators, and on CPU it trains as plain DDP without a word (or transformers fails in one process)."""
+    import torch
+
+    asked = bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if asked and (getattr(args, "use_cpu", False) or not torch.cuda.is_available()):
+        raise ConfigError("FSDP was asked for on a CPU run: accelerate runs FSDP on GPUs (and other accelerators) "
+                          "only, so the model would not be sharded. On CPU, drop `fsdp`: torchrun --nproc_per_node N "
+                          "trains with DDP over gloo.")
+
+
 def train_and_save(trainer: Any, loaded: Any, cfg: Any, checkpoint: str | None, plan: dict, started: float) -> dict:
     """Train (resuming from `checkpoint`), save `final/`, and write `summary.json` = the plan plus the outcome."""
     from medr1.io import atomic_write_json
 
+    plan["distributed"] = distributed_setup(trainer)
     if checkpoint:
         print(f"medr1: resuming from {checkpoint}", file=sys.stderr, flush=True)
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -400,7 +420,8 @@ def start_run(cfg: Any, trl_args: Callable[[Any], Any], stage: str, resume: bool
     then load the model: (checkpoint to resume from or None, LoadedModel)."""
     from medr1.config import save_config
 
-    build_trl_args(trl_args, cfg, stage)  # fail on bad trainer settings before loading the model
+    args, _ = build_trl_args(trl_args, cfg, stage)  # fail on bad trainer settings before loading the model
+    refuse_fsdp_on_cpu(args)
     checkpoint = prepare_output_dir(cfg.output_dir, resume)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     from medr1.models import load_model
