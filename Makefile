@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.medr1-installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test test-all bench install clean vllm-test
+.PHONY: demo test test-all bench install clean vllm-test verl-test
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,5 +51,19 @@ $(VLLM_VENV)/.installed:
 vllm-test: $(VLLM_VENV)/.installed
 	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py
 
+# verl (PyPI 0.9.1) pins transformers<5.11 and imports ray at package import, so it gets its own environment too:
+# `medr1 export verl` is checked there against verl's own config, dataset, reward and tool loaders.
+VERL_VENV ?= .venv-verl
+$(VERL_VENV)/.installed:
+	$(PY) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install --quiet --upgrade pip
+	$(VERL_VENV)/bin/pip install --quiet torch==2.13.0
+	$(VERL_VENV)/bin/pip install --quiet verl==0.9.1 pytest
+	$(VERL_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+verl-test: $(VERL_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_verl.py
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(VERL_VENV) build src/*.egg-info

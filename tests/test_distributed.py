@@ -47,6 +47,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path) -> No
     a, b = _steps(two), _steps(one)
     assert [s["step"] for s in a] == [1, 2] and [s["epoch"] for s in a] == pytest.approx([1 / 3, 2 / 3])
     assert all(s["loss"] == s["loss"] and s["grad_norm"] > 0 for s in a)  # finite losses, weights moved
+    digest = json.loads((two / "data_report.json").read_text())["tokens"]["rows_sha256"]
+    assert digest == json.loads((one / "data_report.json").read_text())["tokens"]["rows_sha256"]  # the same rows
     summary = json.loads((two / "summary.json").read_text())
     assert summary["distributed"] == {"type": "MULTI_CPU", "processes": 2}
     assert json.loads((one / "summary.json").read_text())["distributed"]["processes"] == 1
@@ -76,3 +78,32 @@ def test_fsdp_on_cpu_is_refused_before_training_instead_of_running_as_ddp(tmp_pa
     assert done.returncode != 0
     assert "FSDP was asked for on a CPU run" in done.stderr and "Traceback" not in done.stderr
     assert not (out / "metrics.jsonl").exists()
+
+
+def _agree(rank: int, port: int, digests: list[str], out: str) -> None:
+    import torch.distributed as dist
+
+    from medr1.errors import DataError
+    from medr1.train.common import check_ranks_agree
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        check_ranks_agree(digests[rank], "SFT training rows")
+        message = "agreed"
+    except DataError as exc:
+        message = str(exc)
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}").write_text(message)
+
+
+@pytest.mark.parametrize("digests, agreed", [(["abc", "abc"], True), (["abc", "abd"], False)])
+def test_ranks_that_built_different_rows_are_an_error_on_every_rank(tmp_path, digests, agreed) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_agree, args=(free_port(), digests, str(tmp_path)), nprocs=2, join=True)
+    messages = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
+    if agreed:
+        assert messages == ["agreed", "agreed"]
+    else:
+        assert all("the ranks built different SFT training rows" in m and "['abc', 'abd']" in m for m in messages)

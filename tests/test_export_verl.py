@@ -11,7 +11,6 @@ import json
 import subprocess
 
 import pytest
-import yaml
 
 from medr1.errors import DataError
 from medr1.export_verl import VerlExport, export_verl
@@ -52,7 +51,7 @@ def test_the_parquet_has_verl_s_schema(exported) -> None:
     info = first["extra_info"]
     assert info["index"] == 1 and info["split"] == "train" and info["question_id"] == "t1"
     assert info["letters"] == "ABCD" and info["option_texts"][1] == "Marfan syndrome"
-    assert info["tools_kwargs"]["search"]["create_kwargs"]["ground_truth"] == "B"
+    assert info["gold_doc_ids"] == ["OMIM:1"]
 
 
 def test_the_reward_module_pays_as_medr1_does(exported) -> None:
@@ -68,19 +67,46 @@ def test_the_reward_module_pays_as_medr1_does(exported) -> None:
     assert module.compute_score("medr1/hpo-dx", "The answer is B.", "B", info) < 0.2
 
 
-def test_tool_config_and_scripts_point_at_the_export(exported) -> None:
+def test_tool_module_and_scripts_point_at_the_export(exported) -> None:
     out, _ = exported
-    tool = yaml.safe_load((out / "search_tool_config.yaml").read_text())["tools"][0]
-    assert tool["class_name"] == "verl.tools.search_tool.SearchTool"
-    assert tool["config"]["retrieval_service_url"] == "http://10.0.0.5:8000/retrieve"
-    assert tool["tool_schema"]["function"]["parameters"]["required"] == ["query_list"]
+    tool = (out / "medr1_search_tool.py").read_text()
+    assert "RETRIEVER_URL = 'http://10.0.0.5:8000/retrieve'" in tool and "TOPK = 3" in tool
+    assert '@function_tool("search")' in tool and "def search(query_list: list[str]) -> str:" in tool
+    compile(tool, "medr1_search_tool.py", "exec")
     ppo, grpo = (out / "run_ppo.sh").read_text(), (out / "run_grpo.sh").read_text()
     assert "algorithm.adv_estimator=gae" in ppo and "critic.model.path" in ppo
     assert "algorithm.adv_estimator=grpo" in grpo and "critic.model.path" not in grpo
     for name, script in (("run_ppo.sh", ppo), ("run_grpo.sh", grpo)):
-        assert 'custom_reward_function.path="$HERE/medr1_reward.py"' in script and "val.parquet" in script
+        assert 'reward.custom_reward_function.path="$HERE/medr1_reward.py"' in script and "val.parquet" in script
+        assert 'multi_turn.function_tool_path="$HERE/medr1_search_tool.py"' in script
         assert subprocess.run(["bash", "-n", str(out / name)], capture_output=True).returncode == 0
     assert json.loads((out / "export.json").read_text())["retriever_url"] == "http://10.0.0.5:8000/retrieve"
+
+
+def test_the_search_tool_asks_medr1_s_service_and_shows_results_as_the_rollout_does(tmp_path) -> None:
+    """`verl_search` (what the tool module calls) against a real `medr1 serve-retriever` app over the fixture
+    corpus: one `<information>` block per query, numbered `Doc N (Title: ...)` lines; a dead service is text."""
+    import shutil
+    from pathlib import Path
+
+    from helpers import free_port, serving_app
+
+    from medr1.export_verl import verl_search
+    from medr1.retrieval.index import build_index, load_index
+    from medr1.retrieval.service import create_app
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "retrieval" / "docs.jsonl", corpus / "docs.jsonl")
+    index = load_index(build_index(corpus, "bm25", tmp_path / "bm25", show_progress=False))
+    with serving_app(create_app(index)) as base:
+        text = verl_search(["Kayser-Fleischer rings tremor", "seizures"], f"{base}/retrieve", 2)
+    blocks = text.split("</information>")
+    assert text.count("<information>") == 2 and "Doc 1 (Title: Wilson disease)" in blocks[0]
+    assert "Doc 2 (Title:" in blocks[0] and "Doc 3" not in text
+    assert verl_search(["  "], f"{base}/retrieve", 2).startswith("No query given")
+    dead = verl_search(["seizures"], f"http://127.0.0.1:{free_port()}/retrieve", 2)
+    assert dead.startswith("Search failed:") and "attempts" in dead
 
 
 def test_a_test_split_is_refused(tmp_path) -> None:

@@ -722,8 +722,8 @@ def export_verl_cmd(
     topk: int = typer.Option(3, "--topk", min=1, max=100, help="Documents per search."),
     model: str = typer.Option("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "--model", help="The launch scripts' model."),
 ) -> None:
-    """verl's parquet dataset, a search-tool config pointing at medr1 serve-retriever, a reward module calling
-    medr1's rewards, and PPO / GRPO launch scripts.
+    """verl's parquet dataset, a search tool calling medr1 serve-retriever, a reward module calling medr1's
+    rewards, and PPO / GRPO launch scripts (checked against verl 0.9.1 by make verl-test).
 
     Example: medr1 export verl --data hpo-dx:train --val hpo-dx:dev --out exports/verl-hpo
     """
@@ -736,7 +736,7 @@ def export_verl_cmd(
                                     retriever_url=retriever_url, topk=topk, model=model))
     for name, entry in record["files"].items():
         typer.echo(f"{name}: {entry['rows']} rows from {entry['source']}")
-    typer.echo(f"wrote {out}: search_tool_config.yaml ({retriever_url}), medr1_reward.py, run_ppo.sh, run_grpo.sh")
+    typer.echo(f"wrote {out}: medr1_search_tool.py ({retriever_url}), medr1_reward.py, run_ppo.sh, run_grpo.sh")
 
 
 @app.command("trace")

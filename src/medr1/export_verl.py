@@ -1,6 +1,6 @@
-"""Export a medr1 training set for verl (the engine Search-R1 runs on): parquet data, a search-tool config that
-points at `medr1 serve-retriever`, a reward module that calls medr1's reward functions, and PPO / GRPO launch
-scripts.
+"""Export a medr1 training set for verl (the engine Search-R1 runs on; checked against verl 0.9.1's own loaders by
+`make verl-test`): parquet data, a search tool that calls `medr1 serve-retriever`, a reward module that calls
+medr1's reward functions, and PPO / GRPO launch scripts.
 
     medr1 export verl --data hpo-dx:train --val hpo-dx:dev --out exports/verl-hpo --limit 5000
     medr1 serve-retriever --index ~/.cache/medr1/indexes/hpo-bm25 --port 8000 &
@@ -9,11 +9,11 @@ scripts.
 Files in OUT: `train.parquet` (and `val.parquet`), in verl's RL dataset schema: `data_source`, `prompt` (chat
 messages: medr1's self-ask prompt, the `<search>` tag protocol Search-R1 uses), `ability`, `reward_model`
 {style: rule, ground_truth: the gold letter}, `extra_info` {index, split, question_id, letters, option_texts,
-gold_doc_ids, and `tools_kwargs` for verl's multi-turn SearchTool}; `search_tool_config.yaml` (verl's
-`verl.tools.search_tool.SearchTool`, whose `retrieval_service_url` speaks Search-R1's /retrieve contract, which
-`medr1 serve-retriever` serves); `medr1_reward.py` (`compute_score(data_source, solution_str, ground_truth,
-extra_info)` = medr1's correctness + 0.2 x format, the quickstart's weights); `run_ppo.sh`, `run_grpo.sh`;
-`export.json` (counts and hashes). Test-split questions are refused, as in every medr1 training builder.
+gold_doc_ids}; `medr1_search_tool.py` (a verl function tool `search(query_list)` that asks the retrieval service
+in Search-R1's /retrieve contract and returns medr1's `<information>` blocks); `medr1_reward.py`
+(`compute_score(data_source, solution_str, ground_truth, extra_info)` = medr1's correctness + 0.2 x format, the
+quickstart's weights); `run_ppo.sh`, `run_grpo.sh`; `export.json` (counts and hashes). Test-split questions are
+refused, as in every medr1 training builder.
 """
 
 from __future__ import annotations
@@ -56,9 +56,6 @@ def verl_row(q: Question, index: int, split: str, method: str = "self-ask") -> d
         "extra_info": {
             "index": index, "split": split, "question_id": q.id, "letters": letters,
             "option_texts": [q.options[k] for k in letters], "gold_doc_ids": list(q.gold_doc_ids),
-            "need_tools_kwargs": True,
-            "tools_kwargs": {"search": {"create_kwargs": {"ground_truth": q.answer, "question": q.question,
-                                                          "data_source": source}}},
         },
     }
 
@@ -87,18 +84,46 @@ def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-def tool_config(url: str, topk: int) -> str:
-    import yaml
+TOOL_MODULE = '''"""verl function tool for medr1 rows (written by `medr1 export verl`): a search of medr1's retrieval service
+(`medr1 serve-retriever`), its results shown as medr1's rollout shows them. verl loads it through
+`actor_rollout_ref.rollout.multi_turn.function_tool_path`. Needs medr1 installed in verl's environment."""
 
-    schema = {"type": "function", "function": {
-        "name": "search", "description": "Searches the medical knowledge base for documents matching the queries.",
-        "parameters": {"type": "object", "required": ["query_list"], "properties": {"query_list": {
-            "type": "array", "items": {"type": "string"},
-            "description": "Findings or disease names to search for; results come back for each query."}}}}}
-    tool = {"class_name": "verl.tools.search_tool.SearchTool",
-            "config": {"retrieval_service_url": url, "topk": topk, "num_workers": 120, "rate_limit": 120,
-                       "default_timeout": 30}, "tool_schema": schema}
-    return yaml.safe_dump({"tools": [tool]}, sort_keys=False)
+from verl.tools.function_tool import function_tool
+
+from medr1.export_verl import verl_search
+
+RETRIEVER_URL = {url!r}
+TOPK = {topk}
+
+
+@function_tool("search")
+def search(query_list: list[str]) -> str:
+    """Searches the medical knowledge base for documents matching the queries.
+
+    Args:
+        query_list: Findings or disease names to search for; results come back for each query.
+    """
+    return verl_search(query_list, RETRIEVER_URL, TOPK)
+'''
+
+
+def verl_search(query_list: list[str], url: str, topk: int) -> str:
+    """What verl's search tool returns: one `<information>` block per query, the documents numbered and cut as
+    medr1's rollout shows them. A failed search is returned as text, as the rollout does, not raised."""
+    from medr1.prompts import format_passages
+    from medr1.retrieval.base import RetrievalError
+    from medr1.retrieval.client import RetrieverClient
+    from medr1.tags import format_information
+
+    queries = [str(q).strip() for q in (query_list or []) if str(q).strip()]
+    if not queries:
+        return "No query given: call search with query_list, a list of findings or disease names."
+    try:
+        with RetrieverClient(url, timeout=30.0, retries=2) as client:
+            results = client.search(queries, topk)
+    except RetrievalError as exc:
+        return f"Search failed: {exc}"
+    return "".join(format_information(format_passages(hits)) for hits in results).strip()
 
 
 REWARD_MODULE = '''"""verl reward for medr1 rows (written by `medr1 export verl`): medr1's own reward functions, so verl and
@@ -125,7 +150,7 @@ def launch_script(cfg: VerlExport, out: Path, estimator: str) -> str:
     n = "1" if estimator == "gae" else "5"
     return f"""#!/usr/bin/env bash
 # {'PPO' if estimator == 'gae' else 'GRPO'} on medr1's export with verl (written by `medr1 export verl`).
-# Start the retriever first: medr1 serve-retriever --index INDEX --port 8000 (the URL is in search_tool_config.yaml)
+# Start the retriever first: medr1 serve-retriever --index INDEX --port 8000 (the URL is in medr1_search_tool.py)
 set -euo pipefail
 HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 MODEL="${{MODEL:-{cfg.model}}}"
@@ -145,9 +170,9 @@ python3 -m verl.trainer.main_ppo \\
     actor_rollout_ref.rollout.name=sglang \\
     actor_rollout_ref.rollout.n={n} \\
     actor_rollout_ref.rollout.multi_turn.enable=True \\
-    actor_rollout_ref.rollout.multi_turn.tool_config_path="$HERE/search_tool_config.yaml" \\
-{critic}    custom_reward_function.path="$HERE/medr1_reward.py" \\
-    custom_reward_function.name=compute_score \\
+    actor_rollout_ref.rollout.multi_turn.function_tool_path="$HERE/medr1_search_tool.py" \\
+{critic}    reward.custom_reward_function.path="$HERE/medr1_reward.py" \\
+    reward.custom_reward_function.name=compute_score \\
     trainer.n_gpus_per_node="$N_GPUS" \\
     trainer.nnodes=1 \\
     trainer.project_name=medr1 \\
@@ -165,7 +190,7 @@ def export_verl(cfg: VerlExport) -> dict[str, Any]:
             rows = _rows(spec, split, cfg)
             _write_parquet(rows, out / name)
             counts[name] = {"source": spec, "rows": len(rows), "sha256": file_sha256(out / name)}
-    atomic_write_text(out / "search_tool_config.yaml", tool_config(cfg.retriever_url, cfg.topk))
+    atomic_write_text(out / "medr1_search_tool.py", TOOL_MODULE.format(url=cfg.retriever_url, topk=cfg.topk))
     atomic_write_text(out / "medr1_reward.py", REWARD_MODULE)
     for estimator, name in (("gae", "run_ppo.sh"), ("grpo", "run_grpo.sh")):
         atomic_write_text(out / name, launch_script(cfg, out, estimator))

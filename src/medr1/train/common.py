@@ -376,6 +376,30 @@ def save_final(trainer: Any, loaded: Any, path: Path, merge: bool) -> Path:
     return path
 
 
+def rows_digest(rows: list[dict[str, Any]], keys: tuple[str, ...] = ("input_ids", "assistant_masks")) -> str:
+    """A short sha256 of the training rows' token columns, in order: what two ranks, or two runs, must agree on."""
+    import hashlib
+
+    payload = json.dumps([[r.get(k) for k in keys] for r in rows], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def check_ranks_agree(digest: str, what: str) -> None:
+    """Under a multi-process launch every rank builds its own copy of the data; one that built other rows would
+    train on other examples than a single process would, without a word. A DataError names the ranks instead."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    digests: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) > 1:
+        from medr1.errors import DataError
+
+        raise DataError(f"the ranks built different {what} (digest by rank: {digests}); every rank must build the "
+                        "same data from the same config and cache. Build the caches once in one process first.")
+
+
 def distributed_setup(trainer: Any) -> dict[str, Any]:
     """How accelerate set the run up, for summary.json: {"type": "MULTI_CPU", "processes": 2}, "FSDP", "NO", ..."""
     state = trainer.accelerator.state

@@ -464,15 +464,18 @@ def run_sft(cfg: SFTConfig, dry_run: bool = False, resume: bool = False, retriev
         loaded, note = load_tokenizer_only(cfg.model)
         plan["tokenizer"] = note
         if loaded is not None:
-            _, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.budget)
+            rows, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.budget)
+            plan["tokens"]["rows_sha256"] = common.rows_digest(rows)
         plan["example"] = {"prompt": examples[0].messages[-1]["content"][:400], "target": show_example(examples[0])}
         return common.finish_dry_run(plan, trl_args, cfg, "sft", started)
 
     checkpoint, loaded = common.start_run(cfg, trl_args, "sft", resume)
     out = Path(cfg.output_dir)
     rows, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.budget)
+    plan["tokens"]["rows_sha256"] = common.rows_digest(rows)
     atomic_write_json(out / "data_report.json", {"data": data_report, "tokens": plan["tokens"]})
     trainer = build_trainer(cfg, loaded, rows)
+    common.check_ranks_agree(plan["tokens"]["rows_sha256"], "SFT training rows")
     return common.train_and_save(trainer, loaded, cfg, checkpoint, plan, started)
 
 
