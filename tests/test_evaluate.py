@@ -48,7 +48,7 @@ class ScriptedLLM(ev.Generator):
     def backend(self, loaded, kind):
         return None
 
-    def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0):
+    def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0, bar=None):
         self.calls.append({"n": len(prompts), "retriever": retriever, "cfg": rcfg, "seed_offset": seed_offset})
         out = []
         for (pid,) in prompts:

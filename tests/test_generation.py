@@ -94,3 +94,43 @@ def test_a_batch_that_empties_takes_a_prompt_longer_than_its_buffers(tiny_llama)
         got += batch.step()
     want = HFBackend.from_loaded(tiny_llama, prefix_cache=False).generate([long], 4)
     assert [o.token_ids for _, o in got] == [want[0].token_ids]
+
+
+class FakeVLLMClient:
+    """TRL's `VLLMClient.generate` contract (token ids in, `completion_ids` and per-token `logprobs` out), answering
+    each prompt with `reply` tokens; it records the requests."""
+
+    def __init__(self, reply: list[int]) -> None:
+        self.reply, self.requests = reply, []
+
+    def generate(self, prompts, temperature, top_p, max_tokens, logprobs, generation_kwargs):
+        self.requests.append({"prompts": prompts, "temperature": temperature, "max_tokens": max_tokens,
+                              "logprobs": logprobs, **generation_kwargs})
+        ids = [self.reply[:max_tokens] for _ in prompts]
+        return {"completion_ids": ids, "logprobs": [[[-0.5] for _ in row] for row in ids]}
+
+
+def test_the_vllm_server_backend_cuts_at_stops_and_keeps_each_sampled_row_s_seed(tiny_llama) -> None:
+    from medr1.generation import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, VLLMServerBackend
+
+    tok = tiny_llama.tokenizer
+    search = tok.encode("I look it up.<search>marfan</search> and then more", add_special_tokens=False)
+    client = FakeVLLMClient(search)
+    backend = VLLMServerBackend(client, tok, stop_token_ids=[tok.eos_token_id])
+    # greedy: the prompts of one budget are one request; the stop string cuts after the token completing it
+    outs = backend.generate([[1, 2], [3]], 64, stop_strings=["</search>"])
+    assert len(client.requests) == 1 and client.requests[0]["prompts"] == [[1, 2], [3]]
+    assert client.requests[0]["stop"] == ["</search>"] and client.requests[0]["include_stop_str_in_output"]
+    assert client.requests[0]["skip_special_tokens"] is False and "seed" not in client.requests[0]
+    for out in outs:
+        assert out.finish == FINISH_STOP and out.stop == "</search>"
+        assert tok.decode(out.token_ids).endswith("</search>") and len(out.logprobs) == len(out.token_ids)
+    # sampled: one request per row, each with its own seed (a GRPO group repeats its prompt)
+    client.requests.clear()
+    outs = backend.generate([[1, 2]] * 3, [4, 4, 2], sampling=SamplingParams(temperature=1.0, seeds=(7, 8, 9)))
+    assert sorted(r["seed"] for r in client.requests) == [7, 8, 9]
+    assert [len(o.token_ids) for o in outs] == [4, 4, 2] and all(o.finish == FINISH_LENGTH for o in outs)
+    assert outs[0].logprobs == [-0.5] * 4
+    # an end-of-turn id ends it as eos
+    client.reply = tok.encode("done", add_special_tokens=False) + [tok.eos_token_id]
+    assert backend.generate([[1]], 32)[0].finish == FINISH_EOS

@@ -381,3 +381,41 @@ def test_ranks_and_steps_sample_different_rollouts_of_the_same_prompts(tmp_path,
     assert rank0 != rank1 and rank0[0] != rank1[0] and rank0[1] != rank1[1]  # so do the ranks, row by row
     assert rollout(prompts, trainer(0))["completion_ids"] == rank0  # seeded: the same rank and step again
     assert rollout(prompts, trainer(0, step=1))["completion_ids"] != rank0  # the next step draws anew
+
+
+def test_server_mode_rollouts_go_to_the_vllm_server_one_client_per_rank(tmp_path, data_spec, monkeypatch):
+    """TRL's server mode (`use_vllm=true vllm_mode=server`): the rollout asks the vLLM server through
+    `VLLMServerBackend`, made once per rank from TRL's own server arguments, each row with its own seed, and the
+    server's logprobs go back to TRL."""
+    from test_generation import FakeVLLMClient
+
+    from medr1.generation import VLLMServerBackend
+
+    cfg = tiny_cfg(tmp_path, data_spec, max_new_tokens_per_turn=12, max_total_tokens=12, use_retrieval=False)
+    loaded = models.load_model(cfg.model, "cpu")
+    client = FakeVLLMClient(loaded.tokenizer.encode("<answer>B</answer>", add_special_tokens=False))
+    made = []
+    monkeypatch.setattr(VLLMServerBackend, "from_url", classmethod(
+        lambda cls, url, tok, stops, timeout_s: made.append((url, timeout_s)) or cls(client, tok, stops)))
+    rollout = grpo.make_rollout_func(loaded, None, grpo.rollout_config(cfg), grpo.RolloutStats())
+    prompts = [grpo.prompt_row(question(0), "cot")["prompt"]] * 2
+    args = SimpleNamespace(vllm_mode="server", vllm_server_base_url=None, vllm_server_host="10.0.0.7",
+                           vllm_server_port=8000, vllm_server_timeout=240.0)
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=0), accelerator=SimpleNamespace(process_index=1),
+                              args=args, use_vllm=True)
+    out = rollout(prompts, trainer)
+    rollout(prompts, trainer)
+    assert made == [("http://10.0.0.7:8000", 240.0)]  # one client, from TRL's arguments, reused
+    assert out["completion_ids"][0][:len(client.reply)] == client.reply
+    assert out["logprobs"][0][:len(client.reply)] == [-0.5] * len(client.reply)
+    seeds = [r["seed"] for r in client.requests[:2]]
+    assert len(set(seeds)) == 2  # the two rows of the group are sampled apart
+
+
+def test_server_mode_is_accepted_and_colocate_tensor_parallelism_refused(tmp_path, data_spec):
+    cfg = tiny_cfg(tmp_path, data_spec, use_vllm=True, vllm_mode="server", vllm_tensor_parallel_size=8)
+    assert cfg.vllm_mode == "server"
+    from medr1.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="vllm_mode=colocate, only vllm_tensor_parallel_size=1"):
+        tiny_cfg(tmp_path, data_spec, use_vllm=True, vllm_mode="colocate", vllm_tensor_parallel_size=2)

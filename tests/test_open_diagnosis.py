@@ -170,7 +170,7 @@ class ScriptedGenerator(Generator):
     def reply(self, prompt: str) -> str | None:
         raise NotImplementedError
 
-    def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0):
+    def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0, bar=None):
         from types import SimpleNamespace
 
         out = []

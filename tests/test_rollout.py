@@ -101,6 +101,33 @@ def test_batch_of_mixed_trajectories_refills_pool(tiny_llama, tok) -> None:
     assert trajs[2].token_ids[-1] == tok.eos_token_id
 
 
+class RecordingBar:
+    """A caller's progress bar: records each update and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.updates: list[int] = []
+        self.closed = False
+
+    def update(self, n: int = 1) -> None:
+        self.updates.append(n)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_caller_s_bar_moves_as_each_trajectory_finishes_and_stays_open(tiny_llama, tok) -> None:
+    """An eval passes its own bar: it advances before the whole batch is done (the one-turn answers finish while
+    the searching case still runs), by one per trajectory in all, and the rollout does not close it."""
+    prompts = [prompt(tok, f"case {c}") for c in "abc"]
+    backend = scripted(tok, {"case a": ["<answer>A</answer>"],
+                             "case b": ["<search>q1</search>", "<search>q2</search>", "<answer>C</answer>"],
+                             "case c": ["<answer>B</answer>"]})
+    bar = RecordingBar()
+    run_rollouts(tiny_llama, prompts, FakeRetriever(), RolloutConfig(batch_size=3, max_turns=4), backend=backend,
+                 bar=bar)
+    assert sum(bar.updates) == 3 and len([n for n in bar.updates if n]) >= 2 and not bar.closed
+
+
 def test_search_opened_in_the_prompt(tiny_llama, tok) -> None:
     """An assistant prefix "<search>" in the prompt: the model writes only "query</search>"."""
     p = prompt(tok, "prefixed") + ids(tok, "<search>")

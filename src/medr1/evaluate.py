@@ -262,18 +262,21 @@ class Generator:
         return make_backend(loaded, kind)
 
     def rollouts(self, loaded: Any, prompts: list[list[int]], retriever: Retriever | None, rcfg: Any,
-                 backend: Any = None, seed_offset: int = 0, images: list[Any] | None = None) -> list[Any]:
+                 backend: Any = None, seed_offset: int = 0, images: list[Any] | None = None,
+                 bar: Any = None) -> list[Any]:
         from medr1.rollout import run_rollouts
 
-        return run_rollouts(loaded, prompts, retriever, rcfg, backend=backend, seed_offset=seed_offset, images=images)
+        return run_rollouts(loaded, prompts, retriever, rcfg, backend=backend, seed_offset=seed_offset, images=images,
+                            bar=bar)
 
 
 def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retriever: Retriever | None,
-              seed: int, backend: Any = None, first: int = 0, generator: Generator | None = None) -> list[dict]:
+              seed: int, backend: Any = None, first: int = 0, generator: Generator | None = None,
+              bar: Any = None) -> list[dict]:
     """One batch of an LLM method: prompts, (rag: retrieval first), rollouts, per-question records.
 
     `first` is the position of the batch's first question in the whole run: sampling seeds follow positions, so a
-    resumed run draws what an uninterrupted one would."""
+    resumed run draws what an uninterrupted one would. `bar` (tqdm) advances as each question's rollout ends."""
     start = time.perf_counter()
     method = get_method(cfg.method)
     gen = generator or Generator()
@@ -289,7 +292,7 @@ def llm_batch(questions: Sequence[Question], cfg: EvalConfig, loaded: Any, retri
     in_loop = retriever if method.in_loop else None
     with_images = {"images": images} if any(img is not None for img in images) else {}  # a VLM's image questions
     trajectories = gen.rollouts(loaded, prompts, in_loop, rollout_config(cfg, seed, single_turn=in_loop is None),
-                                backend, seed_offset=first, **with_images)
+                                backend, seed_offset=first, bar=bar, **with_images)
     per_question = (time.perf_counter() - start) / max(1, len(questions))
     records = []
     for q, h, traj in zip(questions, hits, trajectories):
@@ -407,16 +410,16 @@ def run_eval(cfg: EvalConfig, *, force: bool = False, questions: Sequence[Questi
         already = len(done)
         for offset in range(0, len(todo), chunk):
             batch = todo[offset: offset + chunk]
-            first = already + offset
+            first, shown = already + offset, bar.n
             if ranker is not None:
                 records = ranker_batch(batch, ranker)
             else:
                 records = llm_batch(batch, cfg, loaded, retriever, seed=cfg.seed, backend=backend, first=first,
-                                    generator=gen)
+                                    generator=gen, bar=bar)  # the bar moves per finished rollout, not per chunk
             for rec in records:
                 append_jsonl(samples_path, rec)
             done.extend(records)
-            bar.update(len(batch))
+            bar.update(len(batch) - (bar.n - shown))  # what the rollouts did not count themselves
             bar.set_postfix(acc=f"{sum(r['correct'] for r in done) / len(done):.3f}")
         bar.close()
     return _write_metrics(cfg, done, resumed_from=len(questions) - len(todo), wall=time.perf_counter() - wall)

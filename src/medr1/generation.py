@@ -11,6 +11,7 @@ returned, so callers append the ids as they are (nothing is re-tokenized).
   tokens. A VLM prompt carries its image (`ImageInput`): its tensors go into the prefill, and its placeholder ids
   are keyed by the image's content in the cache, so two images never share KV.
 - `VLLMBackend`: vLLM (optional extra, GPU), imported only when constructed; vLLM's prefix caching does the reuse.
+- `VLLMServerBackend`: a vLLM server elsewhere (`vllm serve`, TRL's server mode) through TRL's `VLLMClient`.
 - `ScriptedBackend`: replies with scripted texts, for tests of the rollout logic.
 
     python -c "from medr1.models import load_model; from medr1.generation import HFBackend; \\
@@ -814,11 +815,75 @@ class VLLMBackend:
             comp = res.outputs[0]
             ids = list(comp.token_ids)
             logps = [next(iter(lp.values())).logprob for lp in comp.logprobs] if comp.logprobs else [0.0] * len(ids)
-            kept, stop = trim_at_stop(self.tokenizer, ids, stop_strings)
-            if stop is not None:
-                outs.append(GenOutput(kept, FINISH_STOP, stop, logps[: len(kept)]))
-            elif ids and ids[-1] in set(self.stop_token_ids) | {self.tokenizer.eos_token_id}:
-                outs.append(GenOutput(ids, FINISH_EOS, None, logps))
-            else:
-                outs.append(GenOutput(ids, FINISH_LENGTH, None, logps))
+            outs.append(vllm_output(self.tokenizer, ids, logps, stop_strings, self.stop_token_ids))
         return outs
+
+
+def vllm_output(tokenizer: Any, ids: list[int], logps: list[float], stop_strings: Sequence[str],
+                stop_token_ids: Sequence[int]) -> GenOutput:
+    """A vLLM completion as a GenOutput: cut after the token that completes a stop string (vLLM returns whole
+    tokens), else finished by an end-of-turn id, else by the budget."""
+    kept, stop = trim_at_stop(tokenizer, ids, stop_strings)
+    if stop is not None:
+        return GenOutput(kept, FINISH_STOP, stop, logps[: len(kept)])
+    if ids and ids[-1] in set(stop_token_ids) | {tokenizer.eos_token_id}:
+        return GenOutput(ids, FINISH_EOS, None, logps)
+    return GenOutput(ids, FINISH_LENGTH, None, logps)
+
+
+class VLLMServerBackend:
+    """Generation by a vLLM server on another process or node (`vllm serve MODEL`; TRL's server mode), through
+    TRL's `VLLMClient` (`/v1/completions` with token ids in and out). Same stops, finish reasons and logprobs as
+    `VLLMBackend`. Sampled prompts go as one request each, at once, so every row keeps its own seed (one request's
+    seed would give a GRPO group's repeated prompt the same completion); the server batches them. Greedy prompts
+    of one budget go as one request. The server keeps its own prefix cache (TRL resets it after a weight sync)."""
+
+    def __init__(self, client: Any, tokenizer: Any, stop_token_ids: Sequence[int] = (), concurrency: int = 64):
+        self.client = client
+        self.tokenizer = tokenizer
+        self.stop_token_ids = list(stop_token_ids)
+        self.concurrency = concurrency
+
+    @classmethod
+    def from_url(cls, base_url: str, tokenizer: Any, stop_token_ids: Sequence[int] = (), timeout_s: float = 0.0):
+        from trl.generation.vllm_client import VLLMClient
+
+        return cls(VLLMClient(base_url=base_url, connection_timeout=timeout_s), tokenizer, stop_token_ids)
+
+    def reset(self) -> None:
+        pass  # the server's prefix cache follows its weights: TRL resets it after each sync
+
+    def _request(self, prompts: list[list[int]], budget: int, stop_strings: Sequence[str], sampling: SamplingParams,
+                 seed: int | None) -> list[GenOutput]:
+        extra: dict[str, Any] = {"stop": list(stop_strings), "include_stop_str_in_output": True,
+                                 "skip_special_tokens": False, "stop_token_ids": self.stop_token_ids or None}
+        if seed is not None:
+            extra["seed"] = seed
+        got = self.client.generate(prompts, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=budget,
+                                   logprobs=0, generation_kwargs=extra)
+        return [vllm_output(self.tokenizer, list(ids), [float(lp[0]) for lp in logps], stop_strings,
+                            self.stop_token_ids)
+                for ids, logps in zip(got["completion_ids"], got["logprobs"], strict=True)]
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int],
+        stop_strings: Sequence[str] = (),
+        sampling: SamplingParams = SamplingParams(),
+    ) -> list[GenOutput]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        budgets = _per_prompt(max_new_tokens, len(prompts))
+        groups: dict[tuple[int, int | None], list[int]] = {}
+        for i, budget in enumerate(budgets):
+            seed = sampling.seed_for(i) if sampling.temperature > 0 else None
+            groups.setdefault((budget, seed), []).append(i)
+        outs: list[GenOutput | None] = [None] * len(prompts)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(groups)))) as pool:
+            futures = {key: pool.submit(self._request, [list(prompts[i]) for i in rows], key[0], stop_strings,
+                                        sampling, key[1]) for key, rows in groups.items()}
+            for key, rows in groups.items():
+                for i, out in zip(rows, futures[key].result(), strict=True):
+                    outs[i] = out
+        return [o for o in outs if o is not None]

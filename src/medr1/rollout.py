@@ -329,8 +329,10 @@ def run_rollouts(
     progress: bool = False,
     seed_offset: int = 0,
     images: Sequence[Any] | None = None,
+    bar: Any = None,
 ) -> list[Trajectory]:
     """Roll out every prompt (token ids); returns trajectories in prompt order. See the module docstring.
+    `bar` (a caller's tqdm bar) is advanced as each trajectory finishes, instead of a bar of this call's own.
     `images` (one `medr1.generation.ImageInput` or None per prompt, from `medr1.models.chat_prompt`) go with a VLM's
     prompts into every prefill that needs them (the HF backend's continuous scheduling).
 
@@ -353,7 +355,9 @@ def run_rollouts(
         if not hasattr(backend, "open"):
             raise ConfigError(f"image prompts need the hf generation backend, not {type(backend).__name__}")
         loop.images = list(images)
-    bar = tqdm(total=len(trajs), desc="rollouts", unit="traj", file=sys.stderr, disable=not progress)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(trajs), desc="rollouts", unit="traj", file=sys.stderr, disable=not progress)
     backend.reset()  # a prefix cache from an earlier call may hold KV of older weights
     try:
         if hasattr(backend, "open"):
@@ -362,7 +366,8 @@ def run_rollouts(
             loop.lockstep(backend, trajs, stops, bar)
     finally:
         backend.reset()
-        bar.close()
+        if own_bar:
+            bar.close()
     for t in trajs:
         t.text = tokenizer.decode(t.token_ids, skip_special_tokens=True)
     return trajs

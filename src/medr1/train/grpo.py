@@ -117,9 +117,10 @@ class GRPOConfig(common.TrainConfig):
             )
         if self.temperature <= 0:
             raise ConfigError("grpo.temperature must be > 0 (GRPO needs sampled, different completions)")
-        if self.use_vllm and (self.vllm_mode != "colocate" or self.vllm_tensor_parallel_size != 1):
+        if self.use_vllm and self.vllm_mode == "colocate" and self.vllm_tensor_parallel_size != 1:
             # Our rollout drives the colocated engine of each process directly (one engine per GPU).
-            raise ConfigError("grpo: with use_vllm, only vllm_mode=colocate and vllm_tensor_parallel_size=1 are supported")
+            raise ConfigError("grpo: with vllm_mode=colocate, only vllm_tensor_parallel_size=1 is supported (set the "
+                              "tensor parallelism of a vLLM server with vllm_mode=server instead)")
 
     @property
     def prompt_method(self) -> str:
@@ -300,7 +301,7 @@ def make_rollout_func(
 
     `prompts` arrive already repeated `num_generations` times (TRL's sampler); one trajectory per prompt comes back.
     The policy is the trainer's current model: with `use_vllm`, TRL has just synced its weights into the colocated
-    vLLM engine, which our rollout drives through `VLLMBackend`; otherwise the unwrapped model (ZeRO-3 parameters
+    vLLM engine (or the vLLM server), which our rollout drives through `vllm_backend`; otherwise the unwrapped model (ZeRO-3 parameters
     gathered by TRL's `unwrap_model_for_generation`) generates through the Hugging Face backend, in eval mode.
     """
     from medr1.models import chat_prompt, split_image_parts
@@ -321,10 +322,7 @@ def make_rollout_func(
         started = time.perf_counter()
         use_vllm = bool(getattr(trainer, "use_vllm", False))
         if use_vllm:
-            from medr1.generation import VLLMBackend
-
-            backend = VLLMBackend(trainer.vllm_generation.llm, base.tokenizer, base.stop_token_ids)
-            trajectories = fn(base, prompt_ids, retriever, cfg, backend=backend, **with_images)
+            trajectories = fn(base, prompt_ids, retriever, cfg, backend=vllm_backend(base, trainer), **with_images)
         else:
             trajectories = _hf_rollouts(fn, base, trainer, prompt_ids, retriever, cfg, **with_images)
         if len(trajectories) != len(prompts):
@@ -335,6 +333,26 @@ def make_rollout_func(
         )
 
     return rollout_func
+
+
+def vllm_server_url(args: Any) -> str:
+    """The vLLM server of TRL's server mode, as TRL's own arguments name it."""
+    return args.vllm_server_base_url or f"http://{args.vllm_server_host}:{args.vllm_server_port}"
+
+
+def vllm_backend(base: Any, trainer: Any) -> Any:
+    """The vLLM engine TRL keeps the policy's weights in: the colocated `vllm.LLM` of this process, or (server
+    mode) a client of the server, one per rank (TRL's own client lives on the main process only), made once."""
+    from medr1.generation import VLLMBackend, VLLMServerBackend
+
+    if trainer.args.vllm_mode != "server":
+        return VLLMBackend(trainer.vllm_generation.llm, base.tokenizer, base.stop_token_ids)
+    backend = getattr(trainer, "_medr1_server_backend", None)
+    if backend is None:
+        backend = VLLMServerBackend.from_url(vllm_server_url(trainer.args), base.tokenizer, base.stop_token_ids,
+                                             timeout_s=trainer.args.vllm_server_timeout)
+        trainer._medr1_server_backend = backend
+    return backend
 
 
 def _hf_rollouts(fn: RolloutFn, base: Any, trainer: Any, prompt_ids: list, retriever: Any, cfg: Any,
