@@ -3,6 +3,7 @@ default build. Small builds (tens of vignettes) keep it fast."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -103,6 +104,44 @@ def test_every_vignette_is_well_formed(built, hpo):
             assert (q.meta["age_days"] is None) == (q.meta["onset"] is None)
             if q.meta["age_days"] is None:
                 assert q.question.startswith("A patient ")
+
+
+def test_train_vignettes_record_absent_findings_between_findings_and_question(built, hpo, tmp_path):
+    """Train vignettes (only) record findings as absent, as phenopacket-store does, in the case text and in
+    `meta["excluded"]` (what the SFT trace queries read); each is the disease's own annotation or a distractor's,
+    and related to no presented finding; without them (p_excluded_train=0) every vignette is otherwise the same."""
+    from medr1.data.hpo_dx import absent_sentence
+
+    _, _, splits = built
+    index = PhenotypeIndex(hpo)
+    assert all(q.meta["excluded"] == [] and " no " not in q.question for s in ("dev", "test") for q in splits[s])
+    with_absent = [q for q in splits["train"] if q.meta["excluded"]]
+    assert 0.6 <= len(with_absent) / len(splits["train"]) <= 0.95  # p_excluded_train = 0.8
+    for q in with_absent:
+        labels = [e["label"] for e in q.meta["excluded"]]
+        assert 1 <= len(labels) <= SMALL.max_excluded
+        assert absent_sentence(labels) in q.question
+        assert q.question.index(absent_sentence(labels)) > q.question.index(q.meta["findings"][-1]["label"][1:])
+        assert q.question.rstrip().endswith("?")
+        did = q.meta["disease_id"]
+        distractor_terms = set().union(*(index.sets[d["id"]] for d in q.meta["distractors"]))
+        shown = [f["hpo_id"] for f in q.meta["findings"]] + ([q.meta["noise"]["hpo_id"]] if q.meta["noise"] else [])
+        for e in q.meta["excluded"]:
+            h = e["hpo_id"]
+            assert h in {a.hpo_id for a in hpo.diseases[did].phenotypes} or h in distractor_terms
+            assert not any(h == t or h in hpo.ancestors(t) or t in hpo.ancestors(h) for t in shown)
+        assert q.absent_findings() == [label.lower() for label in labels]
+    plain = tmp_path / "plain"
+    build_hpo_dx(plain, dataclasses.replace(SMALL, p_excluded_train=0.0), hpo, progress=False)
+    for q, p in zip(splits["train"], load_split(plain / "train.jsonl"), strict=True):
+        if q.meta["excluded"]:
+            q_text = q.question.replace(" " + absent_sentence([e["label"] for e in q.meta["excluded"]]), "")
+        else:
+            q_text = q.question
+        assert q_text == p.question and q.options == p.options and q.answer == p.answer
+        assert {k: v for k, v in q.meta.items() if k != "excluded"} == {k: v for k, v in p.meta.items()
+                                                                          if k != "excluded"}
+    assert (plain / "test.jsonl").read_bytes() == (built[0] / "test.jsonl").read_bytes()
 
 
 def test_stats_json(built):

@@ -3,6 +3,7 @@ counts what it leaves out, the R1 think prefill is respected, and the 8B LoRA re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -212,6 +213,22 @@ def test_trace_searches_and_cites_the_evidence_it_was_given():
     letter = sft.SFTConfig(answer_with="letter")
     assert sft.build_traces([question(0)], TitledRetriever(titles), letter)[0].segments[-1].text.endswith(
         f"{tags.ANSWER_OPEN}B{tags.ANSWER_CLOSE}")
+
+
+def test_a_trace_searches_with_the_absent_findings_too():
+    """Findings the case records as absent go into the trace's query as "no X", after the findings, within the
+    query's word cap (BM25 reads them as X: a recorded absent finding is mostly one of the disease's own)."""
+    q = dataclasses.replace(question(0), meta={"findings": ["tall stature", "ectopia lentis"],
+                                               "excluded": [{"hpo_id": "HP:0001166", "label": "Arachnodactyly"},
+                                                            {"hpo_id": "HP:0000545", "label": "Myopia"}]})
+    assert sft.findings_query(q) == "tall stature, ectopia lentis, no arachnodactyly, no myopia"
+    example = sft.build_traces([q], TitledRetriever(["Marfan syndrome"]), sft.SFTConfig())[0]
+    assert f"{tags.SEARCH_OPEN}tall stature, ectopia lentis, no arachnodactyly, no myopia | among: " in \
+        example.segments[0].text
+    many = dataclasses.replace(q, meta={"findings": [f"finding {i}" for i in range(6)],
+                                        "excluded": [{"label": f"absent finding {i}"} for i in range(20)]})
+    words = sft.findings_query(many).split()
+    assert len(words) == sft.QUERY_WORDS and words[:2] == ["finding", "0,"] and "no" in words
 
 
 def test_trace_answers_the_first_retrieved_option_even_when_it_is_not_the_gold():

@@ -11,6 +11,10 @@ byte-identical files and adding vignettes does not change earlier ones):
     >= 3, never an organ-system heading) with probability 0.25 (at most half of them): clinicians are imprecise.
   * With probability 0.3 one unrelated common finding (among the 200 most annotated terms; not an annotation of the
     disease, nor an ancestor or descendant of one) is added as noise.
+  * Train vignettes only (`p_excluded_train`, 0.8): 1-6 findings recorded as absent ("There is no X, no Y."), as
+    phenopacket-store records excluded features for 80% of its patients; each is a feature of the disease that
+    this patient lacks (an annotation not shown) or, one time in three, a distractor's feature ruled out. The trace
+    queries of SFT carry them (`medr1.train.sft.findings_query`); dev and test are unchanged by it.
   * When the disease (or a chosen annotation) has an onset, the patient's age is drawn from that onset's range and
     the sex at random; otherwise the vignette says "A patient".
   * Options: the disease + 3 hard distractors from the SAME split (so no disease name of the test split ever appears
@@ -69,6 +73,8 @@ class HpoDxConfig:
     max_findings: int = 8
     p_generalize: float = 0.25
     p_noise: float = 0.3
+    p_excluded_train: float = 0.8  # train vignettes that record findings as absent (phenopacket-store: 80%)
+    max_excluded: int = 6
     n_distractors: int = 3
     distractor_top: int = 6
 
@@ -299,12 +305,18 @@ def disease_facts(hpo: HPO, disease: Disease) -> str:
 # one vignette
 # ----------------------------------------------------------------------------------------------------------------------
 
-_TEMPLATES = (
-    "{who} presents with {findings}. Which of the following is the most likely diagnosis?",
-    "{who} is evaluated for {findings}. What is the most likely diagnosis?",
-    "{who} is seen in clinic. The history and examination reveal {findings}. "
-    "Which diagnosis best explains these findings?",
+_TEMPLATES = (  # (what is seen, the question): absent findings go between them
+    ("{who} presents with {findings}.", "Which of the following is the most likely diagnosis?"),
+    ("{who} is evaluated for {findings}.", "What is the most likely diagnosis?"),
+    ("{who} is seen in clinic. The history and examination reveal {findings}.",
+     "Which diagnosis best explains these findings?"),
 )
+P_EXCLUDED_OWN = 2 / 3  # an absent finding is the disease's own (else a distractor's); patients: 64% explained by it
+
+
+def absent_sentence(labels: list[str]) -> str:
+    """Findings recorded as absent, as the case text says them (HPO-Dx train vignettes and phenopackets)."""
+    return "There is " + join_words([f"no {lower_label(label)}" for label in labels]) + "."
 
 
 @dataclass
@@ -368,6 +380,21 @@ class Builder:
                 and not any(self._related(t, b) for b in excluded)]
         return rng.choice(pool) if pool else None
 
+    def _excluded(self, disease: Disease, presented: list[str], distractors: list[Candidate],
+                  rng: random.Random) -> list[str]:
+        """1-`max_excluded` findings recorded as absent: the disease's annotations not shown (a feature this patient
+        lacks) or, with probability 1 - P_EXCLUDED_OWN, a distractor's annotation the disease does not explain (a
+        differential's feature ruled out); never related to a presented finding or to another absent one."""
+        own = sorted({a.hpo_id for a in disease.phenotypes})
+        other = sorted({h for c in distractors for h in self.index.sets[c.id] if not self.index.explains(disease.id, h)})
+        chosen: list[str] = []
+        for _ in range(rng.randint(1, self.cfg.max_excluded)):
+            pool = own if (rng.random() < P_EXCLUDED_OWN or not other) else other
+            fresh = [h for h in pool if not any(self._related(h, t) for t in presented + chosen)]
+            if fresh:
+                chosen.append(rng.choice(fresh))
+        return chosen
+
     def _age_sex(self, disease: Disease, anns: list, rng: random.Random) -> tuple[str | None, int | None, str | None]:
         onsets = list(dict.fromkeys(self.hpo.onset_of(disease) + [a.onset for a in anns if a.onset]))
         onsets = [o for o in onsets if onset_age_range(self.hpo, o)]
@@ -398,8 +425,16 @@ class Builder:
             presented.insert(rng.randint(0, len(presented)), noise)
         onset, age, sex = self._age_sex(disease, anns, rng)
         who = patient_phrase(age, sex)
-        text = rng.choice(_TEMPLATES).format(
-            who=who, findings=join_words([lower_label(hpo.label(h)) for h in presented]))
+        seen, asked = rng.choice(_TEMPLATES)
+        parts = [seen.format(who=who, findings=join_words([lower_label(hpo.label(h)) for h in presented]))]
+        excluded: list[str] = []
+        # its own generator, so the rest of every vignette (and every dev and test one) is what it was without it
+        absent_rng = random.Random(stable_hash(f"hpo-dx-excluded:{qid}"))
+        if split == "train" and absent_rng.random() < self.cfg.p_excluded_train:
+            excluded = self._excluded(disease, presented, distractors, absent_rng)
+        if excluded:
+            parts.append(absent_sentence([hpo.label(h) for h in excluded]))
+        text = " ".join(parts + [asked])
         answer_name = display_name(disease.name)
         options, answer = options_for(answer_name, [display_name(hpo.diseases[c.id].name) for c in distractors],
                                       rng)
@@ -416,6 +451,7 @@ class Builder:
                 "disease_id": disease.id, "disease_name": answer_name, "findings": findings_meta,
                 "generalized": [shown[i] for i in sorted(general)],
                 "noise": {"hpo_id": noise, "label": hpo.label(noise)} if noise else None,
+                "excluded": [{"hpo_id": h, "label": hpo.label(h)} for h in excluded],
                 "onset": onset, "age_days": age, "sex": sex,
                 "distractors": [{"id": c.id, "name": display_name(hpo.diseases[c.id].name), "score": c.score,
                                  "shared_terms": c.shared_terms,

@@ -40,7 +40,7 @@ from typing import Any
 from medr1.data.hpo import HPO, display_name, load_hpo, lower_label
 from medr1.data.hpo_dx import (
     MIN_DISTRACTOR_PHENOTYPES, PhenotypeIndex, alternatives_sentence, choose_distractors,
-    disease_facts, join_words, onset_age_range, options_for, patient_phrase,
+    absent_sentence, disease_facts, join_words, onset_age_range, options_for, patient_phrase,
 )
 from medr1.data.schema import Question
 from medr1.errors import DataError
@@ -201,7 +201,7 @@ class PhenopacketConverter:
         sex = {"MALE": "male", "FEMALE": "female"}.get(str(subject.get("sex", "")).upper())
         text = f"{patient_phrase(age, sex)} presents with {join_words([lower_label(l) for _, l in observed])}."
         if excluded:
-            text += " There is " + join_words([f"no {lower_label(l)}" for _, l in excluded]) + "."
+            text += " " + absent_sentence([label for _, label in excluded])
         measured = [measurement_phrase(m, where) for m in packet.get("measurements") or []]
         if measured:
             text += " Measurements: " + "; ".join(measured) + "."

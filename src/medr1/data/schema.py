@@ -104,6 +104,14 @@ class Question:
         parts = [p.strip(" .") for p in text.replace(";", ",").split(",")]
         return [p for p in parts if p and "?" not in p]
 
+    def absent_findings(self) -> list[str]:
+        """The findings the case records as absent (lower-case): `meta["excluded"]` of phenopackets and of HPO-Dx
+        train vignettes; none for other sources."""
+        meta = self.meta if isinstance(self.meta, dict) else {}
+        found = meta.get("excluded")
+        labels = [str(f.get("label", "")) if isinstance(f, dict) else str(f) for f in found or []]
+        return [label.strip().lower() for label in labels if label.strip()]
+
 
 @dataclass
 class Document:
