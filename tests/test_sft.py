@@ -225,10 +225,15 @@ def test_a_trace_searches_with_the_absent_findings_too():
     example = sft.build_traces([q], TitledRetriever(["Marfan syndrome"]), sft.SFTConfig())[0]
     assert f"{tags.SEARCH_OPEN}tall stature, ectopia lentis, no arachnodactyly, no myopia | among: " in \
         example.segments[0].text
-    many = dataclasses.replace(q, meta={"findings": [f"finding {i}" for i in range(6)],
+    many = dataclasses.replace(q, meta={"findings": [f"finding {i}" for i in range(8)],
                                         "excluded": [{"label": f"absent finding {i}"} for i in range(20)]})
-    words = sft.findings_query(many).split()
-    assert len(words) == sft.QUERY_WORDS and words[:2] == ["finding", "0,"] and "no" in words
+    # the first six findings, then at most QUERY_ABSENT absent ones: a bounded list a small model learns to stop
+    assert sft.findings_query(many).split(", ") == [f"finding {i}" for i in range(6)] + [
+        f"no absent finding {i}" for i in range(sft.QUERY_ABSENT)]
+    wordy = dataclasses.replace(q, meta={"findings": [f"a long finding of many words number {i}" for i in range(6)],
+                                         "excluded": [{"label": "absent"}]})
+    kept = sft.findings_query(wordy).split(", ")  # whole findings only, within the word cap
+    assert len(kept) == sft.QUERY_WORDS // 8 and kept[-1] == f"a long finding of many words number {len(kept) - 1}"
 
 
 def test_trace_answers_the_first_retrieved_option_even_when_it_is_not_the_gold():
