@@ -419,3 +419,53 @@ def test_server_mode_is_accepted_and_colocate_tensor_parallelism_refused(tmp_pat
 
     with pytest.raises(ConfigError, match="vllm_mode=colocate, only vllm_tensor_parallel_size=1"):
         tiny_cfg(tmp_path, data_spec, use_vllm=True, vllm_mode="colocate", vllm_tensor_parallel_size=2)
+
+
+class ScreenLLM:
+    """A scripted `medr1.evaluate.Generator` for the screening run: patient 0 and 2 name the gold option, patient 1
+    blends a name with a letter (the harness may read the letter; `named_correctness` pays nothing), patient 3 names
+    the gold only in a forced answer. Counts its rollouts."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.rolled = 0
+
+    def prompt(self, loaded, messages, image=None):
+        self.prompts.append(messages[-1]["content"])
+        return [len(self.prompts) - 1], None
+
+    def backend(self, loaded, kind):
+        return None
+
+    def rollouts(self, loaded, prompts, retriever, rcfg, backend=None, seed_offset=0, bar=None):
+        import re
+
+        out = []
+        for (pid,) in prompts:
+            i = int(re.search(r"Patient (\d+)", self.prompts[pid]).group(1))
+            letter = re.search(r"([A-D])\. Marfan syndrome", self.prompts[pid]).group(1)
+            name = "Marfan-Stickler syndrome" if i == 1 else "Marfan syndrome"
+            out.append(SimpleNamespace(text=f"<think>x</think><answer>{name} ({letter})</answer>", queries=[],
+                                       retrieved_doc_ids=[], retrieved_titles=[], tool_errors=0, n_generated=3,
+                                       turns=1, finish_reason="forced" if i == 3 else "answer"))
+        self.rolled += len(prompts)
+        return out
+
+
+def test_screening_keeps_the_prompts_the_starting_model_misses(tmp_path, data_spec):
+    cfg = tiny_cfg(tmp_path, data_spec, screen=True, rewards=["named_correctness", "format"])
+    gen = ScreenLLM()
+    screen = grpo.screen_missed(cfg, loaded=SimpleNamespace(), retriever=ScriptedRetriever(), generator=gen)
+    rows, report = grpo.build_rows(cfg, screen)
+    assert sorted(r["question_id"] for r in rows) == ["q1", "q3"]  # the blend and the forced answer
+    entry = report[data_spec]
+    assert (entry["screened"], entry["used"]) == (4, 2)
+    assert entry["answer_letters"] == {"A": 1, "B": 1}  # re-lettered after screening: still balanced
+    samples = (tmp_path / "grpo" / "screen" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 4 and gen.rolled == 4
+    grpo.build_rows(cfg, grpo.screen_missed(cfg, loaded=SimpleNamespace(), generator=gen))
+    assert gen.rolled == 4  # a finished screening is read back, not run again (resume)
+    lenient = tiny_cfg(tmp_path / "lenient", data_spec, rewards=["correctness", "format"])
+    rows, _ = grpo.build_rows(lenient, grpo.screen_missed(lenient, loaded=SimpleNamespace(),
+                                                           retriever=ScriptedRetriever(), generator=ScreenLLM()))
+    assert sorted(r["question_id"] for r in rows) == ["q3"]  # the first reward decides: the blend's letter is right

@@ -184,3 +184,25 @@ def test_context_recall_reward_pays_for_retrieving_the_gold_documents() -> None:
     got = reward(["a", "b", "c", "d"], gold_doc_ids=[["G"], ["G", "H"], ["G"], []],
                  retrieved_ids=[[["x", "G"]], [["H"], ["y"]], [], [["G"]]])
     assert got == [1.0, 0.5, 0.0, None]
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("<answer>Marfan syndrome</answer>", 1.0),
+        ("<answer>Marfan syndrome (B)</answer>", 1.0),
+        ("<answer>Marfan syndrome (C)</answer>", 1.0),  # the text decides, as the harness reads it
+        ("<answer>B. Marfan syndrome</answer>", 1.0),
+        ("<answer>B</answer>", 0.0),  # a bare letter names nothing
+        ("<answer>Marfan-Noonan syndrome (B)</answer>", 0.0),  # a blended name is no option: the letter is a guess
+        ("<answer>Noonan syndrome (B)</answer>", 0.0),  # another option, whatever letter follows
+        ("<think>Marfan syndrome</think> So the answer is B.", 0.0),
+        ("<answer>Marfan syndrome</answer>" + INFO, 1.0),  # inserted information is not the model's answer
+    ],
+)
+def test_named_correctness_pays_only_an_option_named_by_its_text(completion, expected):
+    from medr1.train.rewards import named_correctness_reward
+
+    assert named_correctness_reward([completion], answer=["B"], **OPTIONS) == [expected]
+    lenient = correctness_reward([completion], answer=["B"], **OPTIONS)[0]
+    assert expected <= lenient  # never pays what correctness does not

@@ -139,6 +139,15 @@ def tagged_answer(text: str, letters: Iterable[str], options: dict[str, str] | N
     return None if span is None else _letter_in_span(span, letters, options)
 
 
+def named_option(text: str, letters: Iterable[str], options: dict[str, str] | None) -> str | None:
+    """The letter of the option that the last `<answer>` names by its own text (rule 2b, a letter beside the name
+    allowed: `Marfan syndrome (B)`); None for a bare letter, or for a name that is no option whatever letter follows
+    it (`Lipodystrophy, familial partial lipodystrophy (D)`). The stricter reading of GRPO's `named_correctness`."""
+    letters = "".join(sorted(set(letters)))
+    span = answer_span(strip_information(text or "")) if letters else None
+    return None if span is None else _option_named(span, letters, options)
+
+
 def extract_answer(text: str, letters: Iterable[str], options: dict[str, str] | None = None) -> str | None:
     """The chosen option letter in a completion, or None when unparseable (rules in the module docstring)."""
     letters = "".join(sorted(set(letters)))

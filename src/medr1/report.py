@@ -52,6 +52,7 @@ TRAINING_RUNS = (("SFT", "sft"), ("GRPO+RAG", "grpo"), ("GRPO (no retrieval)", "
 GRPO_PANELS = (
     ("reward", ("reward_mean", "reward")),
     ("accuracy (correctness reward)", ("accuracy", "rewards/correctness_reward/mean")),
+    ("option named by its text (named_correctness)", ("named_accuracy", "rewards/named_correctness_reward/mean")),
     ("completion length (tokens)", ("completion_length", "completions/mean_length")),
     ("searches per rollout", ("searches_per_rollout",)),
 )

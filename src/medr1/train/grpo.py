@@ -24,6 +24,7 @@ position come back; metrics.jsonl is cut back to the checkpoint's step).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -43,6 +44,7 @@ METRIC_ALIASES = {
     "reward_mean": "reward",
     "reward_std": "reward_std",
     "accuracy": "rewards/correctness_reward/mean",
+    "named_accuracy": "rewards/named_correctness_reward/mean",
     "format": "rewards/format_reward/mean",
     "research_bonus": "rewards/research_bonus/mean",
     "open_accuracy": "rewards/open_correctness_reward/mean",
@@ -78,6 +80,11 @@ class GRPOConfig(common.TrainConfig):
     # open prompts: this many more questions per source (after train_limit) without options, rewarded by
     # `open_correctness` (the named diagnosis normalized to the gold disease id); 0 = none
     open_prompts: int = 0
+    # Train only on the prompts the starting model misses: before step 1 it answers each prompt once, greedily, with
+    # this arm's method and budget (`medr1.evaluate.run_eval` into output_dir/screen, resumable), and the prompts
+    # whose answer the first reward does not pay in full are kept (letters re-balanced). A group that is all right
+    # has zero advantage and teaches nothing; after SFT that is most groups.
+    screen: bool = False
     # environment
     use_retrieval: bool = True  # false: cot prompts, single-turn generation, no search (H2's comparison arm)
     rollout_batch_size: int = 16  # sequences generated together by the rollout engine
@@ -152,19 +159,31 @@ def prompt_row(question: Question, method: str) -> dict[str, Any]:
     return row
 
 
-def build_rows(cfg: GRPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+Screen = Callable[[list[Question]], list[Question]]
+
+
+def build_rows(cfg: GRPOConfig, screen: Screen | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Prompt rows from `train_data` (test splits excluded and counted, letters balanced) and a per-source report;
-    `open_prompts` more per source without options (`medr1.open_diagnosis.open_question`)."""
+    `open_prompts` more per source without options (`medr1.open_diagnosis.open_question`). `screen` keeps the
+    multiple-choice questions worth training on (`screen_missed`); the kept ones are re-lettered to stay balanced."""
     from medr1.open_diagnosis import open_question
 
-    rows: list[dict[str, Any]] = []
+    chosen: dict[str, tuple[list[Question], list[Question]]] = {}
     report: dict[str, Any] = {}
     for spec in cfg.train_data:
         entry = report.setdefault(spec, {})
         kept = common.training_questions(spec, cfg.exclude_splits, cfg.skip_bad, cfg.seed, "grpo", entry)
         n = len(kept) if cfg.train_limit is None else cfg.train_limit
-        used = common.balance_letters(kept[:n])
         opened = [open_question(q) for q in kept[n: n + cfg.open_prompts] if q.gold_doc_ids]
+        chosen[spec] = (common.balance_letters(kept[:n]), opened)
+    if screen is not None:  # one screening run over every source's questions
+        missed = {q.id for q in screen([q for used, _ in chosen.values() for q in used])}
+        for spec, (used, opened) in chosen.items():
+            report[spec]["screened"] = len(used)
+            chosen[spec] = (common.balance_letters([q for q in used if q.id in missed]), opened)
+    rows: list[dict[str, Any]] = []
+    for spec, (used, opened) in chosen.items():
+        entry = report[spec]
         entry["used"] = len(used)
         entry["open_prompts"] = len(opened)
         entry["answer_letters"] = dict(sorted(Counter(q.answer for q in used).items()))
@@ -172,6 +191,35 @@ def build_rows(cfg: GRPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if not rows:
         raise DataError(f"grpo: no training prompts from {cfg.train_data} (see counts: {report})")
     return rows, report
+
+
+def screen_missed(cfg: GRPOConfig, loaded: Any = None, retriever: Any = None, generator: Any = None) -> Screen:
+    """The `screen` of `build_rows`: the starting model answers each question once, greedily, with this arm's
+    method and the shared budget (an ordinary `medr1.evaluate.run_eval` into `output_dir/screen`, so a killed
+    screening resumes), and the questions whose answer the first reward of `cfg.rewards` does not pay in full are
+    kept. A forced answer (the environment wrote `<answer>`) counts as missed, as GRPO's rewards score it."""
+    from medr1.evaluate import EvalConfig, run_eval
+    from medr1.io import read_jsonl_tolerant
+    from medr1.rollout import BUDGET_KEYS
+
+    def screen(questions: list[Question]) -> list[Question]:
+        out = Path(cfg.output_dir) / "screen"
+        ecfg = EvalConfig(**{k: getattr(cfg, k) for k in BUDGET_KEYS}, model=cfg.model, data="grpo:screen",
+                          method=cfg.prompt_method, out=str(out), index=cfg.index, batch_size=cfg.rollout_batch_size,
+                          device=cfg.device, dtype="bfloat16" if cfg.bf16 else "float32", seed=cfg.seed)
+        run_eval(ecfg, questions=questions, loaded=loaded, retriever=retriever, generator=generator)
+        samples = {s["id"]: s for s in read_jsonl_tolerant(out / "samples.jsonl")}
+        first = reward_funcs(cfg)[0]
+        kept = []
+        for q in questions:
+            sample, row = samples[q.id], prompt_row(q, cfg.prompt_method)
+            paid = first([sample["completion"]], answer=[row["answer"]], letters=[row["letters"]],
+                         option_texts=[row["option_texts"]])[0]
+            if sample.get("finish_reason") == "forced" or (paid is not None and paid < 1.0):
+                kept.append(q)
+        return kept
+
+    return screen
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -497,6 +545,14 @@ def run_grpo(
             "vllm_mode": cfg.vllm_mode if cfg.use_vllm else None,
         })
 
-    checkpoint, loaded = common.start_run(cfg, trl_args, "grpo", resume)
+    checkpoint, loaded = common.start_run(cfg, trl_args, "grpo", resume)  # refuses a used output_dir first
+    if cfg.screen:
+        from accelerate import PartialState
+
+        with PartialState().main_process_first():  # rank 0 screens; the others then read its finished samples
+            rows, data_report = build_rows(cfg, screen_missed(cfg, retriever=retriever))
+        plan["data"] = data_report
+        print(f"medr1: grpo: screening kept {len(rows)} prompts the starting model misses ({data_report})",
+              file=sys.stderr)
     trainer = build_trainer(cfg, loaded, rows, retriever, rollout_fn)
     return common.train_and_save(trainer, loaded, cfg, checkpoint, plan, started)

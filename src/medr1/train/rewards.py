@@ -9,6 +9,11 @@ the model's own text without inserted `<information>`; `queries` = the searches 
 - `correctness_reward`: 1.0 when the last `<answer>` holds the gold letter or the gold option's text, else 0.0
   (None when a row has no gold letter, so TRL leaves it out instead of scoring it 0). Only the `<answer>` span
   counts: untagged text ("So the answer is B.") earns nothing.
+- `named_correctness_reward`: the stricter correctness for models trained to answer with the option's own text
+  (medr1's SFT traces): 1.0 only when the last `<answer>` names the gold option by its text
+  (`medr1.metrics.named_option`; a letter beside it allowed). A name that is no option earns nothing whatever
+  letter follows it, nor does a bare letter: a letter added to a blended or misspelt title is a guess, and paying
+  the guesses that land taught the study's GRPO a default letter ("(A)" after 181 of 181 such answers).
 - `format_reward`: 1.0 for a well-formed trace, graded below (see `format_score`); 0.0 whenever the model wrote an
   `<information>` block itself, because that is invented evidence.
 - `make_open_correctness(normalize)`: the open task (no options): 1.0 when the named diagnosis normalizes to the
@@ -70,8 +75,9 @@ def _model_texts(completions: Sequence[Any], model_text: Sequence[str | None] | 
     return [m if m is not None else t for m, t in zip(model_text, texts, strict=True)]
 
 
-def correctness_reward(completions: Sequence[Any], answer: Sequence[str | None] | None = None, **kw: Any) -> Reward:
-    """1.0 if the last `<answer>` letter equals the gold letter, 0.0 otherwise, None where no gold is known."""
+def _answer_matches(completions: Sequence[Any], answer: Sequence[str | None] | None, kw: dict[str, Any],
+                    read: Callable[[str, str | None, dict[str, str] | None], str | None]) -> Reward:
+    """1.0 where `read(text, letters, options)` gives the gold letter, 0.0 otherwise, None where no gold is known."""
     if answer is None:
         return [None] * len(completions)
     texts = _model_texts(completions, kw.get("model_text"))
@@ -82,9 +88,24 @@ def correctness_reward(completions: Sequence[Any], answer: Sequence[str | None] 
         if not gold:
             out.append(None)
             continue
-        letter = extract_letter(text, valid, row_options(valid, opts))
+        letter = read(text, valid, row_options(valid, opts))
         out.append(1.0 if letter is not None and letter == str(gold).strip().upper() else 0.0)
     return out
+
+
+def correctness_reward(completions: Sequence[Any], answer: Sequence[str | None] | None = None, **kw: Any) -> Reward:
+    """1.0 if the last `<answer>` letter equals the gold letter, 0.0 otherwise, None where no gold is known."""
+    return _answer_matches(completions, answer, kw, extract_letter)
+
+
+def named_correctness_reward(completions: Sequence[Any], answer: Sequence[str | None] | None = None,
+                             **kw: Any) -> Reward:
+    """1.0 if the last `<answer>` names the gold option by its own text, 0.0 otherwise (a bare letter, a name that
+    is no option, another option), None where no gold is known."""
+    from medr1.metrics import named_option
+
+    return _answer_matches(completions, answer, kw,
+                           lambda text, valid, opts: named_option(text, valid or ALL_LETTERS, opts))
 
 
 def _wrote_information(full_text: str, model_text: str | None, n_searches: int | None) -> bool:
@@ -235,14 +256,15 @@ def context_recall_reward(completions: Sequence[Any], gold_doc_ids: Sequence[Seq
     return [context_recall(list(g or []), list(r or [])) for g, r in zip(golds, found, strict=True)]
 
 
-REWARD_NAMES = ("correctness", "format", "research_bonus", "open_correctness", "context_recall")
+REWARD_NAMES = ("correctness", "named_correctness", "format", "research_bonus", "open_correctness", "context_recall")
 
 
 def build_reward_funcs(names: Sequence[str], normalize: Any = None, **bonus_kw: Any) -> list[Callable[..., Reward]]:
-    """Reward functions by name (`correctness`, `format`, `research_bonus`, `context_recall`, `open_correctness` —
-    the last needs `normalize`), for configs."""
+    """Reward functions by name (`correctness`, `named_correctness`, `format`, `research_bonus`, `context_recall`,
+    `open_correctness` — the last needs `normalize`), for configs."""
     table: dict[str, Callable[..., Reward]] = {
         "correctness": correctness_reward,
+        "named_correctness": named_correctness_reward,
         "format": format_reward,
         "research_bonus": make_research_bonus(**bonus_kw),
         "context_recall": context_recall_reward,
