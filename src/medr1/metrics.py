@@ -134,17 +134,21 @@ def answer_span(text: str) -> str | None:
 def tagged_answer(text: str, letters: Iterable[str], options: dict[str, str] | None = None) -> str | None:
     """The letter of the last `<answer>` span only (rule 2), no fallbacks: what the tag protocol and the rewards
     count as the model's answer. None without an answer span or when the span names no option."""
-    letters = "".join(sorted(set(letters)))
-    span = answer_span(strip_information(text or "")) if letters else None
+    letters, span = _tagged_span(text, letters)
     return None if span is None else _letter_in_span(span, letters, options)
+
+
+def _tagged_span(text: str, letters: Iterable[str]) -> tuple[str, str | None]:
+    """(the valid letters as one sorted string, the last answer span of the model's own text or None)."""
+    letters = "".join(sorted(set(letters)))
+    return letters, (answer_span(strip_information(text or "")) if letters else None)
 
 
 def named_option(text: str, letters: Iterable[str], options: dict[str, str] | None) -> str | None:
     """The letter of the option that the last `<answer>` names by its own text (rule 2b, a letter beside the name
     allowed: `Marfan syndrome (B)`); None for a bare letter, or for a name that is no option whatever letter follows
     it (`Lipodystrophy, familial partial lipodystrophy (D)`). The stricter reading of GRPO's `named_correctness`."""
-    letters = "".join(sorted(set(letters)))
-    span = answer_span(strip_information(text or "")) if letters else None
+    letters, span = _tagged_span(text, letters)
     return None if span is None else _option_named(span, letters, options)
 
 
