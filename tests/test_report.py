@@ -360,10 +360,12 @@ def test_short_path_for_eval_tables(value, expected) -> None:
     assert rp._short_path(value) == expected
 
 
-def _paired_dir(path: Path, method: str, correct: list[bool], opts: dict | None = None, **cfg) -> Path:
+def _paired_dir(path: Path, method: str, correct: list[bool], opts: dict | None = None, subsets=None, **cfg) -> Path:
     opts = opts or {"A": "w", "B": "x", "C": "y", "D": "z"}
+    subsets = subsets or [None] * len(correct)
     _write_jsonl(path / "samples.jsonl", [{"id": f"q{i}", "correct": c, "prediction": "B" if c else "A",
-                                           "options": opts} for i, c in enumerate(correct)])
+                                           "options": opts, "subset": sub}
+                                          for i, (c, sub) in enumerate(zip(correct, subsets))])
     conf = {"method": method, "max_turns": 3, "max_new_tokens_per_turn": 128, "max_total_tokens": 640, "topk": 3,
             "max_info_tokens": 160, "rotate": 0}
     conf.update(cfg)
@@ -371,6 +373,41 @@ def _paired_dir(path: Path, method: str, correct: list[bool], opts: dict | None 
 
     (path / "config.yaml").write_text(yaml.safe_dump(conf))
     return path
+
+
+def test_compare_minus_gives_h2_for_any_four_evals(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from medr1.cli import app
+    from medr1.stats import difference_in_differences
+
+    def right(k: int) -> list[bool]:
+        return [i < k for i in range(40)]
+
+    subsets = ["seen-publication", "unseen-publication"] * 20
+    outcomes = {"grpo-rag": right(30), "sft-rag": right(20), "grpo": right(12), "sft": right(10)}
+    dirs = [_paired_dir(tmp_path / name, "cot" if name in ("grpo", "sft") else "self-ask", c, subsets=subsets)
+            for name, c in outcomes.items()]
+    out = rp.compare_did(dirs)
+    # per question: +1 on q20-q29 (RL helped with retrieval only), -1 on q10-q11 (without retrieval only): +8 of 40
+    dd = difference_in_differences(*outcomes.values())
+    assert dd.estimate == pytest.approx(0.2)
+    assert f"(A − B) − (C − D) = {dd.text()}" in out
+    assert "A − B = +25.0 pp" in out and "C − D = +5.0 pp" in out and "| C | " in out
+    lines = out.splitlines()
+    unseen = next(i for i, line in enumerate(lines) if line.startswith("unseen-publication (n = 20): A − B"))
+    seen = next(i for i, line in enumerate(lines) if line.startswith("seen-publication (n = 20): A − B"))
+    assert unseen < seen  # the headline subset first
+    with pytest.raises(rp.DataError, match="four evals"):
+        rp.compare_did(dirs[:3])
+    other = _paired_dir(tmp_path / "other", "cot", right(10), max_new_tokens_per_turn=96)
+    with pytest.raises(rp.DataError, match=f"{other}: max_new_tokens_per_turn: 128 vs 96"):
+        rp.compare_did([*dirs[:3], other])
+    fewer = _paired_dir(tmp_path / "fewer", "cot", right(10)[:39])
+    with pytest.raises(rp.DataError, match="same questions"):
+        rp.compare_did([*dirs[:3], fewer])
+    result = CliRunner().invoke(app, ["compare", *map(str, dirs[:2]), "--minus", *map(str, dirs[2:])])
+    assert result.exit_code == 0 and "(A − B) − (C − D) = +20.0 pp" in result.output, result.output
 
 
 def test_compare_is_paired_and_refuses_other_budgets_or_questions(tmp_path) -> None:

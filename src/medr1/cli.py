@@ -652,14 +652,22 @@ def compare_cmd(
     eval_b: str = typer.Argument(..., help="Another one, on the same questions (variant B)."),
     allow_budget_mismatch: bool = typer.Option(False, "--allow-budget-mismatch",
                                                help="Compare even when the rollout budgets differ (warns)."),
+    minus: tuple[str, str] | None = typer.Option(None, "--minus", help="Two more evals C D: the difference in "
+                                                 "differences (A − B) − (C − D) on the same questions (H2)."),
 ) -> None:
-    """Paired comparison of two evals on the same questions: A − B with Newcombe's paired 95% interval, McNemar's p.
+    """Paired comparison of two evals on the same questions: A − B with Newcombe's paired 95% interval, McNemar's p;
+    with --minus C D, H2's difference in differences with its paired-bootstrap interval.
 
     Example: medr1 compare runs/quickstart/eval-sft/self-ask/hpo-dx-test runs/quickstart/baselines/self-ask/hpo-dx-test
-    """
-    from medr1.report import compare_evals
 
-    typer.echo(compare_evals(eval_a, eval_b, allow_budget_mismatch))
+    Example: medr1 compare runs/study/eval-grpo/self-ask/hpo-dx-test runs/study/eval-sft/self-ask/hpo-dx-test --minus runs/study/eval-grpo-cot/cot/hpo-dx-test runs/study/eval-sft/cot/hpo-dx-test
+    """
+    from medr1.report import compare_did, compare_evals
+
+    if minus:
+        typer.echo(compare_did([eval_a, eval_b, *minus], allow_budget_mismatch))
+    else:
+        typer.echo(compare_evals(eval_a, eval_b, allow_budget_mismatch))
 
 
 @app.command("open-eval")

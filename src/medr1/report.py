@@ -437,14 +437,57 @@ def subset_pairs(sa: Sequence[dict], sb: Sequence[dict]) -> dict[str, tuple[list
     from medr1.stats import align
 
     ids, a, b = align(sa, sb)
-    subset = {str(s.get("id")): s.get("subset") for s in sa}
-    out: dict[str, tuple[list[bool], list[bool]]] = {}
-    for qid, x, y in zip(ids, a, b):
+    return by_subset(sa, ids, a, b)  # type: ignore[return-value]
+
+
+def by_subset(samples: Sequence[dict], ids: Sequence[str], *columns: Sequence[bool]) -> dict[str, tuple[list, ...]]:
+    """Aligned outcome columns split by the question `subset` that `samples` record (unseen-publication first);
+    questions without one are left out; {} when none has one."""
+    subset = {str(s.get("id")): s.get("subset") for s in samples}
+    out: dict[str, tuple[list, ...]] = {}
+    for i, qid in enumerate(ids):
         if subset.get(qid):
-            pair = out.setdefault(str(subset[qid]), ([], []))
-            pair[0].append(x)
-            pair[1].append(y)
+            cols = out.setdefault(str(subset[qid]), tuple([] for _ in columns))
+            for col, values in zip(cols, columns):
+                col.append(values[i])
     return {name: out[name] for name in headline_first(out)}
+
+
+def compare_did(dirs: Sequence[str | Path], allow_budget_mismatch: bool = False) -> str:
+    """H2 for any four evals on the same questions: (A − B) − (C − D) per question (A = GRPO+RAG, B = SFT+RAG,
+    C = GRPO, D = SFT), each difference paired (Newcombe, McNemar) and the difference in differences with its
+    paired-bootstrap interval; overall and per real-patient subset (unseen-publication first). Refused when the
+    question sets differ, or the budgets of A and B or of C and D do (each pair is one method at two models)."""
+    from medr1.stats import align, difference_in_differences, paired_difference
+
+    if len(dirs) != 4:
+        raise DataError(f"a difference in differences needs four evals (A B C D), got {len(dirs)}")
+    loaded = [eval_samples(d) for d in dirs]
+    if any(is_open_eval(s) for s, _ in loaded):
+        raise DataError("a difference in differences reads multiple-choice evals (medr1 eval), not open-eval ranks")
+    differ = [f"{dirs[i]} vs {dirs[j]}: {'; '.join(d)}" for i, j in ((0, 1), (2, 3))
+              if (d := budget_mismatch(loaded[i][1], loaded[j][1]))]
+    if differ and not allow_budget_mismatch:
+        raise DataError(f"different budgets ({' | '.join(differ)}): not comparable; re-run one with the other's "
+                        "rollout budget, or pass --allow-budget-mismatch")
+    first = loaded[0][0]
+    cols: list[list[bool]] = []
+    for d, (samples, _) in zip(dirs, loaded):
+        ids, _, col = align(first, samples, (str(dirs[0]), str(d)))
+        cols.append(col)
+    lines = [f"| | eval | method | accuracy (n = {len(ids)}) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {d} | {cfg.get('method', '?')} | {100 * sum(c) / max(1, len(c)):.1f}% |"
+              for name, d, (_, cfg), c in zip("ABCD", dirs, loaded, cols)]
+    lines.append("")
+    parts = {"all": tuple(cols), **by_subset(first, ids, *cols)}
+    for name, (a, b, c, d) in parts.items():
+        label = "" if name == "all" else f"{name} (n = {len(a)}): "
+        lines += [f"{label}A − B = {paired_difference(a, b).text()}",
+                  f"{label}C − D = {paired_difference(c, d).text()}",
+                  f"{label}(A − B) − (C − D) = {difference_in_differences(a, b, c, d).text()}", ""]
+    if differ:
+        lines.append(f"Warning: different budgets ({' | '.join(differ)}).")
+    return "\n".join(lines).rstrip()
 
 
 def eval_traces(eval_dir: str | Path, ids: Sequence[str] = (), k: int = 2) -> str:
