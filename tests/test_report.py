@@ -14,6 +14,7 @@ import pytest
 from medr1 import report as rp
 from medr1 import traces
 from medr1.metrics import wilson_interval
+from medr1.stats import paired_difference
 
 # ---------------------------------------------------------------------------------------------------------------------
 # a synthetic run directory
@@ -156,6 +157,39 @@ def test_hypothesis_sentences_with_numbers_and_verdicts(built) -> None:
     assert "GRPO+RAG − SFT+RAG (self-ask)" in md  # the definition is stated
     h2_pp = line("- **H2 (Phenopackets, vs SFT)")
     assert "not answered" in h2_pp and "GRPO+RAG" in h2_pp
+
+
+def test_training_gains_are_paired_and_only_where_both_ran(built) -> None:
+    _, _, md, page = built
+    section = md.split("## Training gains", 1)[1].split("## Hypotheses", 1)[0]
+    lines = [x for x in section.splitlines() if x.startswith("- ")]
+    # nested synthetic outcomes: question i is right when i < correct, so every discordant pair favours the larger
+    paired = paired_difference(outcomes(100, 200), outcomes(80, 200))  # the interval from medr1.stats
+    assert lines[0] == f"- **SFT+RAG − baseline self-ask** (HPO-Dx test): 50.0% vs 40.0%, {paired.text()}."
+    assert "+10.0 pp" in lines[0] and "(20 right only in the first, 0 only in the second, n = 200)" in lines[0]
+    expected = {"SFT − baseline cot": "+5.0 pp", "GRPO+RAG − SFT+RAG": "+25.0 pp", "GRPO − SFT": "+5.0 pp",
+                "SFT+RAG − bm25-ranker": "-35.0 pp", "GRPO+RAG − bm25-ranker": "-10.0 pp"}
+    for pair, diff in expected.items():
+        assert any(f"**{pair}** (HPO-Dx test)" in x and diff in x for x in lines), pair
+    assert len(lines) == 6  # Phenopackets ran only the baselines: no trained variant to compare there
+    assert "<h2>Training gains</h2>" in page and "SFT+RAG − baseline self-ask" in page
+
+
+def test_gain_pairs_follow_the_model_grpo_started_from() -> None:
+    assert ("GRPO+RAG", "SFT+RAG") in rp.gain_pairs("SFT") and ("GRPO", "SFT") in rp.gain_pairs("SFT")
+    assert ("GRPO+RAG", "baseline self-ask") in rp.gain_pairs("baseline")
+    assert ("GRPO", "baseline cot") in rp.gain_pairs("baseline")
+    assert rp.gain_statement("D", {"A": [True], "B": None}, "A", "B") is None
+
+
+def test_subset_columns_name_their_parent_in_provenance() -> None:
+    datasets = [{"key": "pp", "spec": "phenopackets:", "title": "Patients", "status": "ok", "n": 3, "available": 90}]
+    results = {("SFT", "pp"): {"accuracy": 0.5, "subsets": {"unseen-publication": {"n": 2}, "seen-publication": {
+        "n": 1}}}}
+    cols = rp.with_subset_columns(datasets, results)
+    assert [c["key"].split(rp.SUBSET_SEP)[-1] for c in cols] == ["unseen-publication", "seen-publication", "pp"]
+    assert cols[0]["spec"] == "phenopackets: (unseen-publication subset)" and cols[0]["available"] == 3
+    assert ("SFT", cols[0]["key"]) in results
 
 
 def test_images_are_written_and_embedded(built) -> None:

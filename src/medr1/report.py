@@ -157,7 +157,8 @@ def with_subset_columns(datasets: list[dict[str, Any]], results: dict[tuple[str,
         for name in headline_first(names):
             title = f"{ds.get('title') or ds['key']}, {name}" + (" (headline)" if _is_headline(name) else "")
             out.append({"key": f"{ds['key']}{SUBSET_SEP}{name}", "title": title, "status": "ok", "n": names[name],
-                        "subset": name})
+                        "subset": name, "spec": f"{ds.get('spec', ds['key'])} ({name} subset)",
+                        "available": ds.get("n")})
         out.append(ds)
     return out
 
@@ -802,6 +803,7 @@ class ReportContent:
     notes: list[str]
     h1: list[str]
     h2: list[str]
+    gains: list[str]
     figures: dict[str, bytes]
     exemplar_source: str | None
     exemplar_dataset: str | None
@@ -823,14 +825,33 @@ def rl_reference(art: RunArtifacts) -> str:
 H1_PAIRS = (("untrained", "baseline self-ask", "baseline cot"), ("after SFT", "SFT+RAG", "SFT"))
 
 
-def hypotheses(art: RunArtifacts) -> tuple[list[str], list[str]]:
-    """H1 (self-ask − cot of the same model, untrained and after SFT) and H2 (the difference in differences) per
-    dataset, all paired on the same questions."""
-    h1, h2 = [], []
+def gain_pairs(ref: str) -> list[tuple[str, str]]:
+    """(trained, reference) rows whose paired difference is what training bought: SFT over the untrained model,
+    GRPO over the model it started from (`ref`, rl_reference), each trained retrieval variant against the ranker."""
+    start = ("SFT+RAG", "SFT") if ref == "SFT" else ("baseline self-ask", "baseline cot")
+    return [("SFT+RAG", "baseline self-ask"), ("SFT", "baseline cot"), ("GRPO+RAG", start[0]), ("GRPO", start[1]),
+            ("SFT+RAG", "bm25-ranker"), ("GRPO+RAG", "bm25-ranker")]
+
+
+def gain_statement(dataset: str, outcomes: dict[str, list[bool] | None], a: str, b: str) -> str | None:
+    """`a − b` on one dataset, paired on the same questions; None when either did not run."""
+    from medr1.stats import paired_difference
+
+    if outcomes.get(a) is None or outcomes.get(b) is None:
+        return None
+    r = paired_difference(outcomes[a], outcomes[b])
+    return f"**{a} − {b}** ({dataset}): {100 * r.accuracy_a:.1f}% vs {100 * r.accuracy_b:.1f}%, {r.text()}."
+
+
+def hypotheses(art: RunArtifacts) -> tuple[list[str], list[str], list[str]]:
+    """H1 (self-ask − cot of the same model, untrained and after SFT), H2 (the difference in differences) and the
+    training gains (gain_pairs) per dataset, all paired on the same questions."""
+    h1, h2, gains = [], [], []
     ref = rl_reference(art)
     for d in shown_datasets(art.datasets, art.results):
         title = str(d.get("title") or d["key"])
         got = aligned_outcomes(art.run_dir, d["key"], list(VARIANT_BY_LABEL))
+        gains += [g for a, b in gain_pairs(ref) if (g := gain_statement(title, got, a, b))]
         for model, with_label, without_label in H1_PAIRS:
             if model == "untrained" or got.get(with_label) is not None or got.get(without_label) is not None:
                 h1.append(h1_statement(title, model, got, with_label, without_label))
@@ -838,7 +859,7 @@ def hypotheses(art: RunArtifacts) -> tuple[list[str], list[str]]:
         refs.append(("baseline", "baseline self-ask", "baseline cot"))
         for r in refs:
             h2.append(h2_statement(title, got, r))
-    return h1, h2
+    return h1, h2, gains
 
 
 def build_content(art: RunArtifacts, exemplars: int = 4) -> ReportContent:
@@ -846,13 +867,13 @@ def build_content(art: RunArtifacts, exemplars: int = 4) -> ReportContent:
     d_header, d_body = detail_rows(art.results, art.datasets)
     notes = [f"{d.get('title') or d['key']}: {NOT_RUN} ({d.get('reason') or d.get('status')})"
              for d in art.datasets if d.get("status", "ok") != "ok"]
-    h1, h2 = hypotheses(art)
+    h1, h2, gains = hypotheses(art)
     o_header, o_body = open_table(art.opens)
     source, ds_title, traces = pick_exemplars(art, exemplars)
     name = art.provenance.get("name") or art.run_dir.name
     return ReportContent(
         title=f"medr1 run report: {name}", table_header=header, table_body=body, detail_header=d_header,
-        detail_body=d_body, notes=notes, h1=h1, h2=h2, figures=training_figures(art.curves),
+        detail_body=d_body, notes=notes, h1=h1, h2=h2, gains=gains, figures=training_figures(art.curves),
         exemplar_source=source, exemplar_dataset=ds_title, exemplars=traces, provenance=provenance_rows(art),
         timings=timing_rows(art), recipe_text=art.recipe_text, open_header=o_header,
         open_body=o_body, open_notes=open_notes(art.opens),
@@ -869,6 +890,10 @@ def h2_definition(art: RunArtifacts) -> str:
             "method: with retrieval GRPO+RAG − baseline self-ask, without retrieval GRPO − baseline cot.")
 
 
+GAINS_LEGEND = ("What training bought, paired on the same questions at the same budget (Newcombe's interval, "
+                "McNemar's p); the unseen-publication subset of real patients is the honest figure.")
+
+
 LEGEND = ("Cells: accuracy [95% Wilson interval] in percent; BLEU (sacrebleu, 0–100) and ROUGE-L (F, 0–1) of the "
           "model's reasoning against the question's explanation; searches per question. \"not run\": the stage or "
           "dataset produced no results.")
@@ -883,6 +908,8 @@ OPEN_LEGEND = ("Every disease ranked (rankers) or one diagnosis named by the mod
 def render_markdown(c: ReportContent, art: RunArtifacts, image_paths: dict[str, str]) -> str:
     out = [f"# {c.title}", "", "## Comparison", "", markdown_table(c.table_header, c.table_body), "", LEGEND, ""]
     out += [f"- {n}" for n in c.notes] + ([""] if c.notes else [])
+    if c.gains:
+        out += ["## Training gains", "", GAINS_LEGEND, ""] + [f"- {s}" for s in c.gains] + [""]
     out += ["## Hypotheses", "", "H1: a stronger retrieval framework raises diagnostic accuracy without any RL.", ""]
     out += [f"- {s}" for s in c.h1] or [f"- {NOT_RUN}"]
     out += ["", "H2: retrieval makes RL more effective (the RL gain with retrieval exceeds the gain without it). "
@@ -977,6 +1004,9 @@ def render_html(c: ReportContent, art: RunArtifacts) -> str:
              f"<style>{CSS}</style></head><body>", f"<h1>{e(c.title)}</h1>", "<h2>Comparison</h2>",
              _html_table(c.table_header, c.table_body, "comparison"), f'<p class="legend">{e(LEGEND)}</p>']
     parts += [f'<p class="note">{e(n)}</p>' for n in c.notes]
+    if c.gains:
+        parts += ["<h2>Training gains</h2>", f'<p class="legend">{e(GAINS_LEGEND)}</p>',
+                  '<ul class="hyp">' + "".join(f"<li>{_md_inline(s)}</li>" for s in c.gains) + "</ul>"]
     parts += ['<h2>Hypotheses</h2><p>H1: a stronger retrieval framework raises diagnostic accuracy without any RL.</p>',
               '<ul class="hyp">' + "".join(f"<li>{_md_inline(s)}</li>" for s in c.h1 or [NOT_RUN]) + "</ul>",
               f"<p>H2: retrieval makes RL more effective (the RL gain with retrieval exceeds the gain without it). "
