@@ -469,3 +469,22 @@ def test_screening_keeps_the_prompts_the_starting_model_misses(tmp_path, data_sp
     rows, _ = grpo.build_rows(lenient, grpo.screen_missed(lenient, loaded=SimpleNamespace(),
                                                            retriever=ScriptedRetriever(), generator=ScreenLLM()))
     assert sorted(r["question_id"] for r in rows) == ["q3"]  # the first reward decides: the blend's letter is right
+
+
+@pytest.mark.parametrize("section", ["grpo", "sft"])
+def test_a_stage_config_yaml_loads_back_as_written(tmp_path, section):
+    """`medr1 grpo --config runs/X/grpo/config.yaml` (the flat file a stage writes) reproduces that stage's config;
+    it used to be read as a recipe without a grpo: section, i.e. silently all defaults."""
+    from medr1.config import config_dict, load_config, save_config
+    from medr1.evaluate import load_eval_config
+    from medr1.train.sft import SFTConfig
+
+    cls = grpo.GRPOConfig if section == "grpo" else SFTConfig
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    cfg = load_config(cls, recipe, ["max_steps=7", "learning_rate=3e-5"], section=section)
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(cls, tmp_path / "config.yaml", section=section)
+    assert config_dict(again) == config_dict(cfg)
+    assert again.max_steps == 7 and again.budget.max_new_tokens_per_turn == 160  # not the defaults
+    assert load_config(cls, tmp_path / "config.yaml", ["max_steps=9"], section=section).max_steps == 9
+    assert load_eval_config(recipe, {"out": "x"}).max_new_tokens_per_turn == 160  # a recipe is still read by section

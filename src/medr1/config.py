@@ -26,6 +26,9 @@ from medr1.io import atomic_write_text
 
 T = TypeVar("T")
 
+# the top-level sections of a recipe (`medr1 run`); a file with none of them is one stage's flat config
+SECTIONS = ("run", "data", "index", "rollout", "eval", "sft", "grpo")
+
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Convert a YAML or command-line value to the field's declared type, or raise ConfigError naming the key."""
@@ -114,6 +117,12 @@ def build_config(cls: type[T], values: dict[str, Any], where: str = "config") ->
     return cfg
 
 
+def is_flat(data: dict[str, Any]) -> bool:
+    """True for one stage's flat config (the `config.yaml` that `medr1 sft`, `grpo` and `eval` write, keys at the top
+    level), False for a recipe (a mapping under any of SECTIONS; a flat config's `index:` is a path)."""
+    return bool(data) and not any(isinstance(data[k], dict) for k in SECTIONS if k in data)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -133,13 +142,14 @@ def load_config(
     overrides: list[str] | dict[str, Any] | None = None,
     section: str | None = None,
 ) -> T:
-    """Load `cls` from YAML (optionally one top-level `section` of it), then apply overrides."""
+    """Load `cls` from YAML (one top-level `section` of a recipe, or a flat config such as a stage's own
+    `config.yaml`), then apply overrides."""
     values: dict[str, Any] = {}
     where = "config"
     if path is not None:
         data = read_yaml(path)
         where = str(path)
-        if section is not None:
+        if section is not None and not is_flat(data):
             values.update(shared_values(cls, data, path))
             data = section_values(cls, data, section, path)
             where = f"{path} [{section}]"

@@ -100,14 +100,15 @@ class EvalConfig(Budget):
 
 def load_eval_config(path: str | Path | None = None, values: dict[str, Any] | None = None,
                      overrides: list[str] | None = None) -> EvalConfig:
-    """File (its `eval:` section when it has one) < `values` (command-line flags) < `key=value` overrides."""
-    from medr1.config import parse_overrides, section_values, shared_values
+    """File (a recipe's `rollout:` and `eval:` sections, or a flat config) < `values` (command-line flags) <
+    `key=value` overrides."""
+    from medr1.config import is_flat, parse_overrides, section_values, shared_values
 
     merged: dict[str, Any] = {}
     where = "eval config"
     if path is not None:
         data = read_yaml(path)
-        if isinstance(data.get("eval"), dict):  # a recipe: its rollout budgets, then its eval section
+        if not is_flat(data):  # a recipe: its rollout budgets, then its eval section
             merged.update(shared_values(EvalConfig, data, path))
             merged.update(section_values(EvalConfig, data, "eval", path))
         else:

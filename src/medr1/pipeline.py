@@ -64,7 +64,7 @@ from typing import Any
 
 import yaml
 
-from medr1.config import config_dict, load_config, parse_overrides, read_yaml, save_config
+from medr1.config import SECTIONS, config_dict, load_config, parse_overrides, read_yaml, save_config
 from medr1.errors import ConfigError, Medr1Error
 from medr1.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, file_sha256, stable_hash
 from medr1.methods import STAGES, eval_dir, get_method, stage_variants
@@ -75,7 +75,6 @@ PROFILES = ("smoke", "quickstart", "study")
 BASELINE_METHODS = tuple(v.method for v in stage_variants("baselines"))
 DONE_FILE = "done.json"
 STARTED_FILE = "started.json"
-SECTIONS = ("run", "data", "index", "rollout", "eval", "sft", "grpo")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
