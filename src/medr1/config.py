@@ -142,20 +142,19 @@ def load_config(
     overrides: list[str] | dict[str, Any] | None = None,
     section: str | None = None,
 ) -> T:
-    """Load `cls` from YAML (one top-level `section` of a recipe, or a flat config such as a stage's own
-    `config.yaml`), then apply overrides."""
-    values: dict[str, Any] = {}
-    where = "config"
-    if path is not None:
-        data = read_yaml(path)
-        where = str(path)
-        if section is not None and not is_flat(data):
-            values.update(shared_values(cls, data, path))
-            data = section_values(cls, data, section, path)
-            where = f"{path} [{section}]"
-        values.update(data)
+    """Load `cls` from YAML (`file_values`), then apply overrides."""
+    values, where = file_values(cls, path, section) if path is not None else ({}, "config")
     values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     return build_config(cls, values, where)
+
+
+def file_values(cls: type, path: str | Path, section: str | None) -> tuple[dict[str, Any], str]:
+    """(values, where) that a YAML file gives `cls`: a recipe's shared section and its `section`, or a flat config
+    (a stage's own `config.yaml`, or any file read without a section) whole."""
+    data = read_yaml(path)
+    if section is None or is_flat(data):
+        return data, str(path)
+    return {**shared_values(cls, data, path), **section_values(cls, data, section, path)}, f"{path} [{section}]"
 
 
 def _section(data: dict[str, Any], name: str, path: str | Path) -> dict[str, Any]:

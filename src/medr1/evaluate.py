@@ -102,18 +102,9 @@ def load_eval_config(path: str | Path | None = None, values: dict[str, Any] | No
                      overrides: list[str] | None = None) -> EvalConfig:
     """File (a recipe's `rollout:` and `eval:` sections, or a flat config) < `values` (command-line flags) <
     `key=value` overrides."""
-    from medr1.config import is_flat, parse_overrides, section_values, shared_values
+    from medr1.config import file_values, parse_overrides
 
-    merged: dict[str, Any] = {}
-    where = "eval config"
-    if path is not None:
-        data = read_yaml(path)
-        if not is_flat(data):  # a recipe: its rollout budgets, then its eval section
-            merged.update(shared_values(EvalConfig, data, path))
-            merged.update(section_values(EvalConfig, data, "eval", path))
-        else:
-            merged.update(data)
-        where = str(path)
+    merged, where = file_values(EvalConfig, path, "eval") if path is not None else ({}, "eval config")
     merged.update({k: v for k, v in (values or {}).items() if v is not None})
     merged.update(parse_overrides(overrides))
     return build_config(EvalConfig, merged, where)

@@ -825,10 +825,14 @@ def rl_reference(art: RunArtifacts) -> str:
 H1_PAIRS = (("untrained", "baseline self-ask", "baseline cot"), ("after SFT", "SFT+RAG", "SFT"))
 
 
+# rl_reference -> the (self-ask, cot) rows of that model: what each GRPO arm is measured against
+RL_START = {"SFT": ("SFT+RAG", "SFT"), "baseline": ("baseline self-ask", "baseline cot")}
+
+
 def gain_pairs(ref: str) -> list[tuple[str, str]]:
     """(trained, reference) rows whose paired difference is what training bought: SFT over the untrained model,
     GRPO over the model it started from (`ref`, rl_reference), each trained retrieval variant against the ranker."""
-    start = ("SFT+RAG", "SFT") if ref == "SFT" else ("baseline self-ask", "baseline cot")
+    start = RL_START[ref]
     return [("SFT+RAG", "baseline self-ask"), ("SFT", "baseline cot"), ("GRPO+RAG", start[0]), ("GRPO", start[1]),
             ("SFT+RAG", "bm25-ranker"), ("GRPO+RAG", "bm25-ranker")]
 
@@ -855,10 +859,8 @@ def hypotheses(art: RunArtifacts) -> tuple[list[str], list[str], list[str]]:
         for model, with_label, without_label in H1_PAIRS:
             if model == "untrained" or got.get(with_label) is not None or got.get(without_label) is not None:
                 h1.append(h1_statement(title, model, got, with_label, without_label))
-        refs = [("SFT", "SFT+RAG", "SFT")] if ref == "SFT" else []
-        refs.append(("baseline", "baseline self-ask", "baseline cot"))
-        for r in refs:
-            h2.append(h2_statement(title, got, r))
+        for name in dict.fromkeys((ref, "baseline")):  # from the model GRPO started from, then the untrained one
+            h2.append(h2_statement(title, got, (name, *RL_START[name])))
     return h1, h2, gains
 
 
