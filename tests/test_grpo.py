@@ -17,6 +17,7 @@ from medr1.data.schema import Document, Question  # noqa: E402
 from medr1.retrieval.base import Hit  # noqa: E402
 from medr1.config import build_config, replace_values  # noqa: E402
 from medr1.train import common, grpo  # noqa: E402
+from medr1.errors import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -415,8 +416,6 @@ def test_server_mode_rollouts_go_to_the_vllm_server_one_client_per_rank(tmp_path
 def test_server_mode_is_accepted_and_colocate_tensor_parallelism_refused(tmp_path, data_spec):
     cfg = tiny_cfg(tmp_path, data_spec, use_vllm=True, vllm_mode="server", vllm_tensor_parallel_size=8)
     assert cfg.vllm_mode == "server"
-    from medr1.errors import ConfigError
-
     with pytest.raises(ConfigError, match="vllm_mode=colocate, only vllm_tensor_parallel_size=1"):
         tiny_cfg(tmp_path, data_spec, use_vllm=True, vllm_mode="colocate", vllm_tensor_parallel_size=2)
 
@@ -469,6 +468,26 @@ def test_screening_keeps_the_prompts_the_starting_model_misses(tmp_path, data_sp
     rows, _ = grpo.build_rows(lenient, grpo.screen_missed(lenient, loaded=SimpleNamespace(),
                                                            retriever=ScriptedRetriever(), generator=ScreenLLM()))
     assert sorted(r["question_id"] for r in rows) == ["q3"]  # the first reward decides: the blend's letter is right
+
+
+def test_screening_can_keep_right_prompts_as_anchors(tmp_path, data_spec):
+    """`screen_right_per_miss`: for each prompt the starting model misses, keep that many it answers right, the
+    first ones in train order, so GRPO also sees groups where what the SFT policy does pays."""
+    gen = ScreenLLM()
+    rewards = ["named_correctness", "format"]
+    half = tiny_cfg(tmp_path, data_spec, screen=True, screen_right_per_miss=0.5, rewards=rewards)
+    rows, report = grpo.build_rows(half, grpo.screen_missed(half, loaded=SimpleNamespace(),
+                                                             retriever=ScriptedRetriever(), generator=gen))
+    entry = report[data_spec]
+    assert (entry["screened"], entry["missed"], entry["anchors"], entry["used"]) == (4, 2, 1, 3)
+    kept = sorted(r["question_id"] for r in rows)
+    assert kept[-2:] == ["q1", "q3"] and kept[0] in ("q0", "q2")  # both misses and one right answer
+    whole = tiny_cfg(tmp_path, data_spec, screen=True, screen_right_per_miss=1.0, rewards=rewards)
+    rows, report = grpo.build_rows(whole, grpo.screen_missed(whole, loaded=SimpleNamespace(), generator=gen))
+    assert sorted(r["question_id"] for r in rows) == ["q0", "q1", "q2", "q3"] and report[data_spec]["anchors"] == 2
+    assert gen.rolled == 4  # the same screening, read back
+    with pytest.raises(ConfigError, match="screen_right_per_miss must be >= 0"):
+        tiny_cfg(tmp_path, data_spec, screen=True, screen_right_per_miss=-1.0)
 
 
 @pytest.mark.parametrize("section", ["grpo", "sft"])

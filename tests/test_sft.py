@@ -236,6 +236,25 @@ def test_a_trace_searches_with_the_absent_findings_too():
     assert len(kept) == sft.QUERY_WORDS // 8 and kept[-1] == f"a long finding of many words number {len(kept) - 1}"
 
 
+def test_a_trace_whose_search_overruns_its_turn_is_left_out_and_counted(loaded):
+    """A target the shared budget would cut off (here a search longer than its turn) is not trained on: the model
+    would learn to write what the rollout never runs. It is counted in `over_budget`."""
+    from medr1.rollout import Budget
+
+    long_case = dataclasses.replace(question(1), meta={"findings": [f"finding number {i}" for i in range(6)],
+                                                       "excluded": [{"label": f"absent {i}"} for i in range(4)]})
+    examples = sft.build_traces([question(0), long_case], ScriptedRetriever(), sft.SFTConfig())
+    turns = [sft.turn_lengths(sft.tokenize_example(loaded, ex, 4096, 384)["assistant_masks"])[0] for ex in examples]
+    budget = Budget(max_turns=3, max_new_tokens_per_turn=(turns[0][0] + turns[1][0]) // 2, max_total_tokens=4096)
+    assert turns[0][0] <= budget.max_new_tokens_per_turn < turns[1][0]  # the long case's search turn overruns
+    rows, stats = sft.tokenize_examples(loaded, examples, 4096, budget)
+    assert stats["rows"] == 1 and stats["over_budget"] == 1 and len(rows) == 1
+    assert all(sft.fits(r["assistant_masks"], budget) for r in rows)
+    assert rows[0]["input_ids"] == sft.tokenize_example(loaded, examples[0], 4096, 384)["input_ids"]
+    rows, stats = sft.tokenize_examples(loaded, examples, 4096, budget, keep_over_budget=True)  # the smoke profile
+    assert stats["rows"] == 2 and stats["over_budget"] == 1
+
+
 def test_trace_answers_the_first_retrieved_option_even_when_it_is_not_the_gold():
     example = sft.build_traces([question(0)], TitledRetriever(["Homocystinuria", "Marfan syndrome"]),
                                sft.SFTConfig())[0]

@@ -77,6 +77,9 @@ class SFTConfig(common.TrainConfig):
     # open traces: this many more trace questions (after the first trace_limit) without options, naming the
     # diagnosis in <answer> (the open task of `medr1 open-eval --method self-ask-open`); 0 = none
     open_traces: int = 0
+    # train on targets longer than the rollout budget allows (counted in over_budget either way); only for plumbing
+    # checks at a toy budget (recipes/smoke.yaml): a model taught them learns to write what the rollout cuts off
+    keep_over_budget: bool = False
 
     def validate(self) -> None:
         from medr1.methods import get_method, llm_methods
@@ -410,17 +413,22 @@ def fits(mask: list[int], budget: Budget) -> bool:
 
 
 def tokenize_examples(
-    loaded: Any, examples: list[SFTExample], max_length: int, budget: Budget = Budget()
+    loaded: Any, examples: list[SFTExample], max_length: int, budget: Budget = Budget(), keep_over_budget: bool = False
 ) -> tuple[list[dict], dict[str, Any]]:
-    """Tokenized rows and length statistics; examples with no trainable token left are counted, not hidden, and so
-    are targets that would not fit the shared rollout `budget` (`over_budget`: the model would be taught to write
-    what the rollout cuts off)."""
-    rows, lengths, dropped = [], [], 0
+    """Tokenized rows and length statistics. Left out, and counted: examples with no trainable token left
+    (`dropped_prompt_too_long`) and targets that would not fit the shared rollout `budget` (`over_budget`: the model
+    would be taught to write what the rollout cuts off, e.g. a search longer than its turn), unless
+    `keep_over_budget` (then only counted)."""
+    rows, lengths, dropped, over = [], [], 0, 0
     for ex in examples:
         row = tokenize_example(loaded, ex, max_length, budget.max_info_tokens)
         if row is None:
             dropped += 1
             continue
+        if not fits(row["assistant_masks"], budget):
+            over += 1
+            if not keep_over_budget:
+                continue
         rows.append(row)
         lengths.append(len(row["input_ids"]))
     truncated = sum(1 for n in lengths if n >= max_length)
@@ -428,7 +436,7 @@ def tokenize_examples(
         "rows": len(rows),
         "dropped_prompt_too_long": dropped,
         "truncated": truncated,
-        "over_budget": sum(not fits(r["assistant_masks"], budget) for r in rows),
+        "over_budget": over,
         "tokens_mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
         "tokens_max": max(lengths, default=0),
         "trained_tokens": sum(sum(r["assistant_masks"]) for r in rows),
@@ -480,16 +488,20 @@ def run_sft(cfg: SFTConfig, dry_run: bool = False, resume: bool = False, retriev
         loaded, note = load_tokenizer_only(cfg.model)
         plan["tokenizer"] = note
         if loaded is not None:
-            rows, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.budget)
+            rows, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.budget,
+                                                     cfg.keep_over_budget)
             plan["tokens"]["rows_sha256"] = common.rows_digest(rows)
         plan["example"] = {"prompt": examples[0].messages[-1]["content"][:400], "target": show_example(examples[0])}
         return common.finish_dry_run(plan, trl_args, cfg, "sft", started)
 
     checkpoint, loaded = common.start_run(cfg, trl_args, "sft", resume)
     out = Path(cfg.output_dir)
-    rows, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.budget)
+    rows, plan["tokens"] = tokenize_examples(loaded, examples, cfg.max_length, cfg.budget, cfg.keep_over_budget)
     plan["tokens"]["rows_sha256"] = common.rows_digest(rows)
     atomic_write_json(out / "data_report.json", {"data": data_report, "tokens": plan["tokens"]})
+    if not rows:
+        raise DataError(f"sft: no example fits max_length {cfg.max_length} and the rollout budget "
+                        f"({plan['tokens']}); see {out / 'data_report.json'}")
     trainer = build_trainer(cfg, loaded, rows)
     common.check_ranks_agree(plan["tokens"]["rows_sha256"], "SFT training rows")
     return common.train_and_save(trainer, loaded, cfg, checkpoint, plan, started)
