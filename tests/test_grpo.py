@@ -217,8 +217,6 @@ def test_training_rows_do_not_depend_on_where_the_data_lives(tmp_path):
 
 
 def test_config_validation():
-    from medr1.errors import ConfigError
-
     with pytest.raises(ConfigError, match="num_generations"):
         build_config(grpo.GRPOConfig, {"num_generations": 1})
     with pytest.raises(ConfigError, match="reward_weights"):
@@ -285,7 +283,6 @@ def test_trl_keys_pass_through_flat():
     """Any trl.GRPOConfig field can be written flat in the grpo: section: kept in `trl`, coerced to TRL's type, read
     as an attribute, written back flat, and handed to TRL; keys medr1 derives are refused with the key to use."""
     from medr1.config import config_dict
-    from medr1.errors import ConfigError
 
     cfg = build_config(grpo.GRPOConfig, {"max_steps": "7", "epsilon_high": "0.28", "warmup_steps": "0.1",
                                          "num_generations": "2"})
@@ -331,7 +328,6 @@ def test_open_prompts_are_option_less_rows_rewarded_by_the_normalized_name(tmp_p
     import dataclasses
 
     from medr1.data.hpo import load_hpo
-    from medr1.errors import ConfigError
 
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(dataclasses.replace(question(i), gold_doc_ids=["OMIM:154700"]).to_dict())
