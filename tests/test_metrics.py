@@ -286,6 +286,24 @@ def test_answer_in_evidence(prediction, titles, expected) -> None:
     assert answer_in_evidence(prediction, options, titles) == expected
 
 
+@pytest.mark.parametrize("gold, retrieved, titles, prediction, top_gold, follows", [
+    (["G"], [["G", "x"]], [["Marfan syndrome", "x"]], "B", True, True),
+    (["G"], [["x", "G"]], [["Stickler syndrome type 2", "Marfan syndrome"]], "B", False, False),  # gold at rank 2
+    (["G"], [["x", "G"], ["G"]], [["Stickler syndrome type 2", "Marfan syndrome"], ["Marfan syndrome"]], "A",
+     False, True),  # only the first search's top hit counts; the answer follows it
+    (["G"], [["G"]], [["marfan  Syndrome"]], "A", True, False),  # right evidence, the answer leaves it
+    (["G"], [], [], "B", None, None),  # no search
+    (["G"], [[]], [[]], "B", None, None),  # a search that returned nothing
+    ([], [["G"]], [["Marfan syndrome"]], None, None, None),  # no gold ids, unanswered
+])
+def test_top_hit_splits_retrieval_from_reading(gold, retrieved, titles, prediction, top_gold, follows) -> None:
+    from medr1.metrics import follows_top_hit, top_hit_gold
+
+    options = {"A": "Stickler syndrome type 2", "B": "Marfan syndrome"}
+    assert top_hit_gold(gold, retrieved) is top_gold
+    assert follows_top_hit(prediction, options, titles) is follows
+
+
 def test_aggregate_reports_the_rag_columns_only_for_retrieving_methods() -> None:
     from medr1.metrics import aggregate
 
@@ -298,5 +316,6 @@ def test_aggregate_reports_the_rag_columns_only_for_retrieving_methods() -> None
     m = aggregate(samples, text_metrics=False)
     assert m["context_precision"] == pytest.approx(0.75) and m["context_recall"] == 1.0
     assert m["answer_in_evidence"] == 0.5
+    assert m["top_hit_gold"] == 0.5 and m["follows_top_hit"] == 0.0
     assert aggregate(samples, uses_retrieval=False, text_metrics=False)["context_precision"] is None
 

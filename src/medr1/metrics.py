@@ -269,6 +269,25 @@ def answer_in_evidence(prediction: str | None, options: dict[str, str] | None,
     return normalize_name(options[prediction]) in titles
 
 
+def top_hit_gold(gold_doc_ids: Iterable[str], retrieved_ids: Sequence[Sequence[str]]) -> bool | None:
+    """Whether the first search's first document is a gold one (retrieval at rank 1, the evidence a reader leans on
+    most); None without gold ids or without a search that returned something."""
+    gold = set(gold_doc_ids)
+    if not gold or not retrieved_ids or not retrieved_ids[0]:
+        return None
+    return retrieved_ids[0][0] in gold
+
+
+def follows_top_hit(prediction: str | None, options: dict[str, str] | None,
+                    retrieved_titles: Sequence[Sequence[str]]) -> bool | None:
+    """Whether the chosen option is the title of the first search's first document (the answer reads the evidence's
+    top rank); None when unanswered, open, or the first search returned nothing. With `top_hit_gold` it splits the
+    errors of a retrieving method into retrieval (the top hit is wrong) and reading (the answer leaves a right one)."""
+    if not prediction or not options or prediction not in options or not retrieved_titles or not retrieved_titles[0]:
+        return None
+    return normalize_name(options[prediction]) == normalize_name(retrieved_titles[0][0])
+
+
 def _count(value: Any) -> int:
     """Tool errors may be recorded as a count or as a list of messages."""
     if value is None:
@@ -323,7 +342,7 @@ def aggregate(samples: Sequence[dict[str, Any]], uses_retrieval: bool = True, te
     }
 
 
-RAG_KEYS = ("context_precision", "context_recall", "answer_in_evidence")
+RAG_KEYS = ("context_precision", "context_recall", "answer_in_evidence", "top_hit_gold", "follows_top_hit")
 RAGAS_KEYS = ("ragas_id_precision", "ragas_id_recall", "ragas_faithfulness", "ragas_answer_relevancy")  # medr1 ragas
 PERCENT_KEYS = ("accuracy", "unparseable_rate", "gold_hit_rate", "chance_accuracy") + RAG_KEYS + RAGAS_KEYS
 
@@ -336,6 +355,9 @@ def rag_metrics(samples: Sequence[dict[str, Any]]) -> dict[str, float | None]:
         "context_recall": [context_recall(s.get("gold_doc_ids") or [], s.get("retrieved_ids") or []) for s in samples],
         "answer_in_evidence": [answer_in_evidence(s.get("prediction"), s.get("options"), s.get("retrieved_titles") or [])
                                for s in samples],
+        "top_hit_gold": [top_hit_gold(s.get("gold_doc_ids") or [], s.get("retrieved_ids") or []) for s in samples],
+        "follows_top_hit": [follows_top_hit(s.get("prediction"), s.get("options"), s.get("retrieved_titles") or [])
+                            for s in samples],
     }
     return {key: _mean([float(v) for v in values if v is not None]) for key, values in per.items()}
 

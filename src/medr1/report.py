@@ -249,7 +249,7 @@ DETAIL_KEYS = (
     ("n", "n"), ("accuracy", "accuracy"), ("chance_accuracy", "chance"), ("predictions", "answers by letter"),
     ("unparseable_rate", "unparseable"), ("gold_hit_rate", "gold-doc hit"),
     ("context_precision", "context precision"), ("answer_in_evidence", "answer in evidence"),
-    ("searches_per_question", "searches/q"), ("generated_tokens_mean", "tokens/q"),
+    ("top_hit_gold", "top hit gold"), ("follows_top_hit", "follows top hit"), ("searches_per_question", "searches/q"), ("generated_tokens_mean", "tokens/q"),
     ("seconds_per_question", "s/q"), ("tool_errors", "tool errors"),
     ("ragas_id_precision", "ragas ID precision"), ("ragas_faithfulness", "ragas faithfulness"),
     ("ragas_answer_relevancy", "ragas answer relevancy"),
