@@ -279,6 +279,26 @@ def test_real_stage_configs_agree_across_sections(tmp_path) -> None:
     assert pl.configure_grpo("grpo")(plan, {k: v for k, v in inputs.items() if k != "sft"})["grpo"].model == "m0"
 
 
+def test_the_rotation_stage_shifts_the_last_self_ask_model_s_options(tmp_path) -> None:
+    """run.rotation: the GRPO model when GRPO ran, else the SFT one, else the untrained one; self-ask, `rotate=1`,
+    only on the datasets named (which must be the run's)."""
+    plan = pl.make_plan(write_recipe(tmp_path, run={"model": "m0", "optional_datasets": ["phenopackets:"],
+                                                    "rotation": ["hpo-dx:test"]}))
+    benchmark = {"datasets": [
+        {"key": "hpo-dx-test", "spec": "hpo-dx:test", "status": "ok", "path": "/b/hpo-dx-test.jsonl"},
+        {"key": "phenopackets", "spec": "phenopackets:", "status": "ok", "path": "/b/phenopackets.jsonl"}]}
+    inputs = {"index": {"index_dir": "/idx"}, "benchmark": benchmark}
+    for extra, model in (({}, "m0"), ({"sft": {"final_model": "/s"}}, "/s"),
+                         ({"sft": {"final_model": "/s"}, "grpo": {"final_model": "/g"}}, "/g")):
+        configs = pl.configure_rotation(plan, {**inputs, **extra})
+        assert list(configs) == ["self-ask/hpo-dx-test"]
+        cfg = configs["self-ask/hpo-dx-test"]
+        assert (cfg.model, cfg.method, cfg.rotate, cfg.index) == (model, "self-ask", 1, "/idx")
+        assert cfg.out.endswith("runs/t/rotation/self-ask/hpo-dx-test")
+    with pytest.raises(ConfigError, match="run.rotation: 'mirage:medqa' is not one of run.datasets"):
+        pl.make_plan(write_recipe(tmp_path, run={"rotation": ["mirage:medqa"]}))
+
+
 def _stage_configs(plan) -> dict[str, object]:
     inputs = {"index": {"index_dir": "/idx"}, "benchmark": {"hpo_dx_dir": "/b", "datasets": [
         {"key": "hpo-dx-test", "status": "ok", "path": "/b/hpo-dx-test.jsonl"},
@@ -335,7 +355,7 @@ def test_real_stages_on_a_tiny_setup(tmp_path, monkeypatch) -> None:
     recipe = write_recipe(
         tmp_path,
         run={"model": "tiny-random-llama", "max_questions": 5, "max_questions_by_dataset": {"hpo-dx:test": 3},
-             "baselines": ["cot", "bm25-ranker"], "sft": False,
+             "baselines": ["cot", "self-ask", "bm25-ranker"], "sft": False, "rotation": ["hpo-dx:test"],
              "grpo": False, "grpo_cot": False, "optional_datasets": ["mirage:medqa@/nonexistent/benchmark.json"]},
         data={"corpus": f"jsonl:{tmp_path / 'chunks.jsonl'}", "hpo_dx_train": 5, "hpo_dx_dev": 2, "hpo_dx_test": 6},
         rollout={"max_new_tokens_per_turn": 8, "max_total_tokens": 16}, eval={"device": "cpu", "batch_size": 4},
@@ -345,17 +365,28 @@ def test_real_stages_on_a_tiny_setup(tmp_path, monkeypatch) -> None:
         json.dumps({"id": c["id"], "title": c["title"], "content": c["text"]}) + "\n" for c in chunks))
     summary = pl.run_pipeline(recipe, progress=False)
     assert statuses(summary) == ["ran", "ran", "ran", "ran", "disabled", "disabled", "disabled", "disabled",
-                                 "disabled", "disabled", "disabled", "ran"]
+                                 "disabled", "disabled", "ran", "disabled", "ran"]
     run_dir = tmp_path / "runs" / "t"
     datasets = json.loads((run_dir / "benchmark" / "datasets.json").read_text())
     assert [(d["key"], d["status"]) for d in datasets] == [("hpo-dx-test", "ok"), ("mirage-medqa", "unavailable")]
     assert datasets[0]["n"] == 3 and datasets[0]["available"] == 6  # its own size, not max_questions
-    for method in ("cot", "bm25-ranker"):
+    for method in ("cot", "self-ask", "bm25-ranker"):
         metrics = json.loads((run_dir / "baselines" / method / "hpo-dx-test" / "metrics.json").read_text())
         assert metrics["n"] == 3 and metrics["method"] == method
         # the RAGAS columns (`medr1 ragas`, non-LLM without a judge) of every retrieving eval only
-        assert ("ragas_id_recall" in metrics) == (method == "bm25-ranker")
+        assert ("ragas_id_recall" in metrics) == (method != "cot")
+    # the rotation stage: the untrained self-ask again with the options shifted, paired with it in the report
+    rotated = [json.loads(line) for line in (run_dir / "rotation" / "self-ask" / "hpo-dx-test" / "samples.jsonl")
+               .read_text().splitlines()]
+    plain = [json.loads(line) for line in (run_dir / "baselines" / "self-ask" / "hpo-dx-test" / "samples.jsonl")
+             .read_text().splitlines()]
+    assert [r["id"] for r in rotated] == [p["id"] for p in plain]
+    for p, r in zip(plain, rotated):
+        letters = sorted(p["options"])
+        assert [r["options"][letters[(i + 1) % len(letters)]] for i in range(len(letters))] == \
+            [p["options"][k] for k in letters]
     md = (run_dir / "report.md").read_text()
+    assert "## Position bias" in md and "- HPO-Dx test (n=3), baseline self-ask: " in md
     assert "ragas ID precision" in md
     assert "| baseline cot | 0.0% [0.0–56.2]" in md and "| SFT | not run |" in md
     assert "MIRAGE medqa: not run (mirage:medqa@/nonexistent/benchmark.json: file not found" in md

@@ -248,6 +248,42 @@ def test_partial_run_without_benchmark_discovers_datasets(tmp_path) -> None:
     assert "H1 (medqa, untrained)**: not answered" in md
 
 
+def test_position_bias_section_pairs_the_shifted_run_with_the_same_model(tmp_path) -> None:
+    """Letter shares per variant, and the rotation stage's run paired with the unshifted eval of its model: 8
+    questions, right 6 as asked and 4 shifted; of the 8 answered both times, 5 keep the option's text, 3 the letter."""
+    run_dir = tmp_path / "run"
+    _write_json(run_dir / "benchmark" / "datasets.json",
+                [{"key": HPO, "spec": "hpo-dx:test", "title": "HPO-Dx test", "status": "ok", "n": 8}])
+    letters = "ABCD"
+    plain, shifted = [], []
+    for i in range(8):
+        options = {k: f"disease {i}-{k}" for k in letters}
+        moved = {letters[(j + 1) % 4]: options[k] for j, k in enumerate(letters)}  # medr1.evaluate.rotate_options
+        pred = "A" if i < 6 else "B"  # gold A: right on 0-5
+        keep_text = i < 5  # the shifted answer names the same text (5 of 8) or repeats the letter
+        pred_shifted = letters[(letters.index(pred) + 1) % 4] if keep_text else pred
+        plain.append({"id": f"q{i}", "options": options, "prediction": pred, "gold": "A", "correct": pred == "A"})
+        shifted.append({"id": f"q{i}", "options": moved, "prediction": pred_shifted, "gold": "B",
+                        "correct": pred_shifted == "B" and i < 4})
+    shifted[4]["correct"] = False  # right 0-3 shifted
+    for stage, records, model in (("eval-grpo", plain, "runs/x/grpo/final"), ("rotation", shifted, "runs/x/grpo/final"),
+                                  ("eval-sft", plain, "runs/x/sft/final")):
+        _write_jsonl(run_dir / stage / "self-ask" / HPO / "samples.jsonl", records)
+        _write_json(run_dir / stage / "self-ask" / HPO / "metrics.json",
+                    {**metrics_for(sum(r["correct"] for r in records), 8), "model": model,
+                     "predictions": dict(__import__("collections").Counter(r["prediction"] for r in records))})
+    md = rp.build_report(run_dir)["md"].read_text(encoding="utf-8")
+    section = md.split("## Position bias", 1)[1].split("\n## ", 1)[0]
+    assert "- GRPO+RAG: HPO-Dx test (n=8) A 75% B 25%" in section
+    line = next(x for x in section.splitlines() if x.startswith("- HPO-Dx test"))
+    assert line.startswith("- HPO-Dx test (n=8), GRPO+RAG: 75.0% as asked, 50.0% with every question's options")
+    assert "+25.0 pp" in line and "answer follows the option's text in 62.5% and its letter in 37.5%" in line
+    # a shifted run whose model has no unshifted eval is said, not paired with another model's
+    _write_json(run_dir / "rotation" / "self-ask" / HPO / "metrics.json", {**metrics_for(4, 8), "model": "other"})
+    md = rp.build_report(run_dir)["md"].read_text(encoding="utf-8")
+    assert "HPO-Dx test (n=8): no unshifted self-ask eval of other to pair the shifted one with" in md
+
+
 def test_report_command(tmp_path) -> None:
     from typer.testing import CliRunner
 

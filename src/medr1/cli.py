@@ -19,6 +19,7 @@ from typing import Any
 import typer
 
 from medr1.errors import Medr1Error
+from medr1.methods import STAGES
 
 app = typer.Typer(
     help="medr1: retrieval-augmented medical diagnostic reasoning (SFT, self-ask retrieval, GRPO, evaluation).",
@@ -585,8 +586,7 @@ def run_cmd(
     profile: str | None = typer.Option(None, "--profile", "-p", help="smoke | quickstart | study: the recipe in recipes/ "
                                        "(default when no RECIPE: quickstart)."),
     force: list[str] | None = typer.Option(None, "--force", "-f", help="Re-run this stage even if done (repeatable): "
-                                           "corpus, index, benchmark, baselines, sft, eval-sft, grpo, grpo-cot, "
-                                           "eval-grpo, eval-grpo-cot, report."),
+                                           f"{', '.join(STAGES)}."),
     name: str | None = typer.Option(None, "--name", "-n", help="Run name: outputs go to runs/NAME (default: run.name)."),
     overrides: list[str] | None = typer.Option(None, "--set", "-s", help="SECTION.KEY=VALUE override (repeatable), "
                                                "e.g. --set sft.max_steps=5 --set run.max_questions=20."),

@@ -124,7 +124,7 @@ def llm_methods() -> tuple[str, ...]:
 
 STAGES = (
     "corpus", "index", "benchmark", "baselines", "sft", "eval-sft", "grpo", "grpo-cot", "eval-grpo",
-    "eval-grpo-cot", "open", "report",
+    "eval-grpo-cot", "rotation", "open", "report",
 )
 
 

@@ -20,6 +20,8 @@ Stages, in order, each writing into `runs/<name>/<stage>/`:
     grpo-cot       GRPO without retrieval (cot prompts): H2's comparison arm, same section and budget
     eval-grpo      the GRPO+RAG model with self-ask
     eval-grpo-cot  the GRPO (no retrieval) model with cot
+    rotation       the position-bias check: the last self-ask model (GRPO+RAG, else SFT+RAG) on `run.rotation`'s
+                   datasets with every question's options shifted one letter (`medr1 eval ... rotate=1`)
     open           open-ended diagnosis of the run's real patients (`run.open_methods`: bm25, hpo-sim rank every
                    disease; self-ask-open, rag-open, rerank with the untrained, SFT and GRPO models), open/<row>/<key>/
     report         report.md and report.html in runs/<name>/ (always rebuilt; `medr1 report RUN_DIR` does the same)
@@ -102,6 +104,10 @@ class RunConfig:
     # open-ended diagnosis of the run's real-patient sample (stage `open`): rankers once, LLM open methods
     # (self-ask-open, rag-open, rerank) with the untrained model and each trained one that ran (SFT, GRPO+RAG)
     open_methods: list[str] = field(default_factory=list)
+    # the position-bias check (stage `rotation`): the last self-ask model of the run (GRPO+RAG, else SFT+RAG, else
+    # the untrained one) again on these datasets (specs of run.datasets / optional_datasets) with every question's
+    # options shifted one letter; the report pairs it with the same model unshifted
+    rotation: list[str] = field(default_factory=list)
     # RAGAS columns of every retrieving eval (`medr1 ragas`, when the ragas extra is installed): the non-LLM ID
     # metrics always; faithfulness and answer relevancy when `ragas_judge` names an OpenAI-compatible endpoint
     ragas: bool = True
@@ -120,6 +126,10 @@ class RunConfig:
         if self.max_questions is not None and self.max_questions < 1:
             raise ConfigError(f"run.max_questions must be >= 1 (or null for all), got {self.max_questions}")
         specs = set(self.datasets) | set(self.optional_datasets)
+        for spec in self.rotation:
+            if spec not in specs:
+                raise ConfigError(f"run.rotation: {spec!r} is not one of run.datasets / optional_datasets "
+                                  f"{sorted(specs)}")
         for spec, n in self.max_questions_by_dataset.items():
             if spec not in specs:
                 raise ConfigError(f"run.max_questions_by_dataset: {spec!r} is not one of run.datasets / "
@@ -549,25 +559,37 @@ def _eval_methods(plan: Plan, stage: str) -> list[str]:
     return [v.method for v in stage_variants(stage)]
 
 
+def _eval_configs(plan: Plan, inputs: dict, stage: str, model: str, methods: list[str], specs: list[str] | None = None,
+                  **extra: Any) -> dict[str, Any]:
+    """The EvalConfig of each (method, dataset) of a stage, keyed `method/dataset key`: every loaded dataset, or
+    those of `specs`; `extra` is forced too (rotation: `rotate=1`)."""
+    from medr1.evaluate import EvalConfig
+
+    configs: dict[str, Any] = {}
+    for entry in inputs["benchmark"]["datasets"]:
+        if entry["status"] != "ok" or (specs is not None and entry["spec"] not in specs):
+            continue
+        for method in methods:
+            forced = {
+                "model": model, "method": method, "data": f"jsonl:{entry['path']}", "seed": plan.run.seed,
+                "out": str(eval_dir(plan.run_dir, stage, method, entry["key"])),
+                "index": inputs["index"]["index_dir"], **extra,
+            }
+            configs[f"{method}/{entry['key']}"] = plan.section_config(EvalConfig, "eval", forced)
+    return configs
+
+
 def configure_eval(stage: str) -> Configure:
     def configure(plan: Plan, inputs: dict) -> dict[str, Any]:
-        from medr1.evaluate import EvalConfig
-
-        model = _eval_model(plan, stage, inputs)
-        configs: dict[str, Any] = {}
-        for entry in inputs["benchmark"]["datasets"]:
-            if entry["status"] != "ok":
-                continue
-            for method in _eval_methods(plan, stage):
-                forced = {
-                    "model": model, "method": method, "data": f"jsonl:{entry['path']}", "seed": plan.run.seed,
-                    "out": str(eval_dir(plan.run_dir, stage, method, entry["key"])),
-                    "index": inputs["index"]["index_dir"],
-                }
-                configs[f"{method}/{entry['key']}"] = plan.section_config(EvalConfig, "eval", forced)
-        return configs
+        return _eval_configs(plan, inputs, stage, _eval_model(plan, stage, inputs), _eval_methods(plan, stage))
 
     return configure
+
+
+def configure_rotation(plan: Plan, inputs: dict) -> dict[str, Any]:
+    """The run's last self-ask model (GRPO, else SFT, else the untrained one) on `run.rotation`, options shifted."""
+    model = next((inputs[s]["final_model"] for s in ("grpo", "sft") if s in inputs), plan.run.model)
+    return _eval_configs(plan, inputs, "rotation", model, ["self-ask"], list(plan.run.rotation), rotate=1)
 
 
 def execute_eval(ctx: StageContext) -> dict[str, Any]:
@@ -791,6 +813,8 @@ def default_stages() -> list[Stage]:
               lambda p: p.run.grpo),
         Stage("eval-grpo-cot", ("grpo-cot", "index", "benchmark"), configure_eval("eval-grpo-cot"), execute_eval,
               lambda p: p.run.grpo_cot),
+        Stage("rotation", ("sft", "grpo", "index", "benchmark"), configure_rotation, execute_eval,
+              lambda p: bool(p.run.rotation)),
         Stage("open", ("sft", "grpo", "index", "benchmark"), configure_open, execute_open,
               lambda p: bool(p.run.open_methods)),
         Stage("report", (), configure_report, execute_report, always=True),

@@ -402,6 +402,51 @@ def compare_evals(dir_a: str | Path, dir_b: str | Path, allow_budget_mismatch: b
     return "\n".join(lines)
 
 
+ROTATION_PAIRS = ("GRPO+RAG", "SFT+RAG", "baseline self-ask")  # rows the `rotation` stage may mirror, by model
+
+
+def letter_lines(art: RunArtifacts) -> list[str]:
+    """One line per variant: the share of each predicted letter on every dataset it answered."""
+    lines = []
+    for row in VARIANTS:
+        parts = [f"{column_title(ds)} {letter_shares(m.get('predictions'))}" for ds in art.datasets
+                 if SUBSET_SEP not in ds["key"] and (m := art.results.get((row.label, ds["key"]))) is not None
+                 and get_method(row.method).llm]
+        if parts:
+            lines.append(f"{row.label}: " + "; ".join(parts))
+    return lines
+
+
+def rotation_lines(art: RunArtifacts) -> list[str]:
+    """For each dataset of the `rotation` stage: the model as asked vs with the options shifted one letter (paired),
+    and how often its answer follows the option's text rather than its letter (`medr1.stats.rotation_agreement`)."""
+    from medr1.stats import align, paired_difference, rotation_agreement
+
+    lines = []
+    for ds in art.datasets:
+        rotated_dir = eval_dir(art.run_dir, "rotation", "self-ask", ds["key"])
+        if SUBSET_SEP in ds["key"] or not (rotated_dir / "metrics.json").is_file():
+            continue
+        model = (_read_json(rotated_dir / "metrics.json") or {}).get("model")
+        label = next((r for r in ROTATION_PAIRS if (art.results.get((r, ds["key"])) or {}).get("model") == model), None)
+        if label is None:
+            lines.append(f"{column_title(ds)}: no unshifted self-ask eval of {model} to pair the shifted one with")
+            continue
+        plain, rotated = read_column_samples(art.run_dir, label, ds["key"]), read_samples(rotated_dir)
+        try:
+            _, a, b = align(plain, rotated, ("as asked", "shifted"))
+        except DataError as exc:  # a shifted run still in progress
+            lines.append(f"{column_title(ds)}: {NOT_RUN} ({exc})")
+            continue
+        r, rot = paired_difference(a, b), rotation_agreement(plain, rotated)
+        follows = (f"; of the {rot['n']} questions answered both times the answer follows the option's text in "
+                   f"{100 * rot['follows_content']:.1f}% and its letter in {100 * rot['follows_letter']:.1f}%"
+                   if rot["n"] else "")
+        lines.append(f"{column_title(ds)}, {label}: {100 * r.accuracy_a:.1f}% as asked, {100 * r.accuracy_b:.1f}% "
+                     f"with every question's options shifted one letter; as asked − shifted = {r.text()}{follows}.")
+    return lines
+
+
 def is_open_eval(samples: Sequence[dict[str, Any]]) -> bool:
     """Samples of `medr1 open-eval` (a gold rank per case) rather than of `medr1 eval` (an answer per question)."""
     return bool(samples) and "rank" in samples[0] and "correct" not in samples[0]
@@ -814,6 +859,8 @@ class ReportContent:
     open_header: list[str] = field(default_factory=list)
     open_body: list[list[str]] = field(default_factory=list)
     open_notes: list[str] = field(default_factory=list)
+    letters: list[str] = field(default_factory=list)
+    rotation: list[str] = field(default_factory=list)
 
 
 def rl_reference(art: RunArtifacts) -> str:
@@ -878,7 +925,7 @@ def build_content(art: RunArtifacts, exemplars: int = 4) -> ReportContent:
         detail_body=d_body, notes=notes, h1=h1, h2=h2, gains=gains, figures=training_figures(art.curves),
         exemplar_source=source, exemplar_dataset=ds_title, exemplars=traces, provenance=provenance_rows(art),
         timings=timing_rows(art), recipe_text=art.recipe_text, open_header=o_header,
-        open_body=o_body, open_notes=open_notes(art.opens),
+        open_body=o_body, open_notes=open_notes(art.opens), letters=letter_lines(art), rotation=rotation_lines(art),
     )
 
 
@@ -890,6 +937,11 @@ def h2_definition(art: RunArtifacts) -> str:
                 "baselines instead (GRPO+RAG − baseline self-ask, GRPO − baseline cot).")
     return ("RL gain is defined as the accuracy of a GRPO model minus that of the untrained model under the same "
             "method: with retrieval GRPO+RAG − baseline self-ask, without retrieval GRPO − baseline cot.")
+
+
+BIAS_LEGEND = ("The golds are balanced over the letters, so a share far above 1/k is a position bias. The rotation "
+               "check (`run.rotation`) asks the same questions again with the options shifted one letter: a model "
+               "that reads the options keeps the same option text.")
 
 
 GAINS_LEGEND = ("What training bought, paired on the same questions at the same budget (Newcombe's interval, "
@@ -921,6 +973,8 @@ def render_markdown(c: ReportContent, art: RunArtifacts, image_paths: dict[str, 
         out += ["", "## Open-ended diagnosis of the real patients", "", OPEN_LEGEND, "",
                 markdown_table(c.open_header, c.open_body), ""]
         out += [f"- {n}" for n in c.open_notes]
+    if c.letters or c.rotation:
+        out += ["", "## Position bias", "", BIAS_LEGEND, ""] + [f"- {s}" for s in c.letters + c.rotation]
     out += ["", "## Training curves", ""]
     if c.figures:
         out += [f"![{name}]({image_paths[name]})" for name in c.figures]
@@ -1019,6 +1073,9 @@ def render_html(c: ReportContent, art: RunArtifacts) -> str:
         parts += ["<h2>Open-ended diagnosis of the real patients</h2>", f'<p class="legend">{e(OPEN_LEGEND)}</p>',
                   _html_table(c.open_header, c.open_body, "open"),
                   '<ul class="hyp">' + "".join(f"<li>{e(n)}</li>" for n in c.open_notes) + "</ul>"]
+    if c.letters or c.rotation:
+        parts += ["<h2>Position bias</h2>", f'<p class="legend">{e(BIAS_LEGEND)}</p>',
+                  '<ul class="hyp">' + "".join(f"<li>{_md_inline(s)}</li>" for s in c.letters + c.rotation) + "</ul>"]
     parts.append("<h2>Training curves</h2>")
     if c.figures:
         for name, png in c.figures.items():
