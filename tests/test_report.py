@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -271,7 +272,7 @@ def test_position_bias_section_pairs_the_shifted_run_with_the_same_model(tmp_pat
         _write_jsonl(run_dir / stage / "self-ask" / HPO / "samples.jsonl", records)
         _write_json(run_dir / stage / "self-ask" / HPO / "metrics.json",
                     {**metrics_for(sum(r["correct"] for r in records), 8), "model": model,
-                     "predictions": dict(__import__("collections").Counter(r["prediction"] for r in records))})
+                     "predictions": dict(Counter(r["prediction"] for r in records))})
     md = rp.build_report(run_dir)["md"].read_text(encoding="utf-8")
     section = md.split("## Position bias", 1)[1].split("\n## ", 1)[0]
     assert "- GRPO+RAG: HPO-Dx test (n=8) A 75% B 25%" in section
