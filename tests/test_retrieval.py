@@ -456,6 +456,24 @@ def test_candidate_query_round_trip_and_plain_queries():
     assert many is not None and len(many[1]) == MAX_CANDIDATES
 
 
+@pytest.mark.parametrize(
+    ("query", "malformed"),
+    [
+        ("seizures | among: Dravet syndrome; Angelman syndrome", False),
+        ("seizures |AMONG:  A;; B", False),  # spacing and case are the parser's business, not errors
+        ("seizures, ataxia", False),  # a plain search
+        ("seizures among other findings", False),  # the word, not the clause
+        ("seizures | among Dravet syndrome; Angelman syndrome", True),  # the colon dropped (GRPO's drift)
+        ("seizures | among: Dravet syndrome | among Angelman syndrome", True),  # the clause twice
+        ("seizures | among: ; ", True),  # the clause with no names
+    ],
+)
+def test_malformed_candidate_queries(query, malformed):
+    from medr1.retrieval.candidates import malformed_candidate_query
+
+    assert malformed_candidate_query(query) is malformed
+
+
 def test_candidate_search_returns_only_the_named_documents_ranked_as_the_bm25_ranker(bm25):
     from medr1.retrieval.candidates import CandidateSearch
     from medr1.retrieval.ranker import OptionRanker

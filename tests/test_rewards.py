@@ -94,6 +94,10 @@ def test_correctness_ignores_answers_inside_information():
         ("<think>x</think><information>made up</information><answer>B</answer>", 0.0),  # invented evidence
         ("", 0.0),  # nothing at all
         ("The answer is B.", 0.0),  # no protocol at all
+        # a malformed candidate clause (colon dropped, or the clause twice) loses the protocol point
+        (SEARCHED.replace("tall stature lens", "tall, lens | among: Marfan syndrome; Homocystinuria"), 1.0),
+        (SEARCHED.replace("tall stature lens", "tall, lens | among Marfan syndrome; Homocystinuria"), 0.75),
+        (SEARCHED.replace("tall stature lens", "tall, lens | among: Marfan syndrome | among Homocystinuria"), 0.75),
     ],
 )
 def test_format_score(text, expected):

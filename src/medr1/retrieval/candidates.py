@@ -6,7 +6,9 @@ documents are ranked by BM25 of FINDINGS (`OptionRanker.score_names`: the exact 
 in-process index), and the best `k` come back, best first. It is how a diagnostician settles a differential, and how
 a multiple-choice question's options are compared against the evidence inside the rollout (the SFT traces teach
 it, `medr1.train.sft.trace_example`). Names are separated by `;`; a query without `| among:`, or whose names match no
-document, is an ordinary search of its findings.
+document, is an ordinary search of its findings. A query that writes the clause any other way (`| among` without
+the colon, or the clause twice) is a malformed call (`malformed_candidate_query`): it runs as an ordinary search of
+the whole text, and the GRPO format reward withholds its protocol point, so RL cannot drift from the syntax.
 
 Every local index that `open_retriever` opens understands it (so do `medr1 serve-retriever` and everything that
 searches through it); the HTTP client passes the query on to the service, which answers it.
@@ -26,6 +28,7 @@ from medr1.retrieval.base import Hit, Retriever
 AMONG = " | among: "
 MAX_CANDIDATES = 10
 _AMONG_RE = re.compile(r"\s*\|\s*among\s*:\s*", re.I)
+_CLAUSE_RE = re.compile(r"\|\s*among\b", re.I)
 
 
 def candidate_query(findings: str, names: list[str]) -> str:
@@ -40,6 +43,12 @@ def split_candidate_query(query: str) -> tuple[str, list[str]] | None:
         return None
     names = list(dict.fromkeys(n.strip() for n in parts[1].split(";") if n.strip()))[:MAX_CANDIDATES]
     return (parts[0].strip(), names) if names else None
+
+
+def malformed_candidate_query(query: str) -> bool:
+    """True when `query` attempts the among clause but not as `FINDINGS | among: NAME; ...` written once."""
+    clauses = len(_CLAUSE_RE.findall(query))
+    return clauses > 0 and (clauses > 1 or split_candidate_query(query) is None)
 
 
 class CandidateSearch:
