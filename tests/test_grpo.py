@@ -486,6 +486,28 @@ def test_screening_can_keep_right_prompts_as_anchors(tmp_path, data_spec):
         tiny_cfg(tmp_path, data_spec, screen=True, screen_right_per_miss=-1.0)
 
 
+def test_screening_drops_misses_the_evidence_does_not_settle(tmp_path, data_spec):
+    """`screen_settled`: a miss whose gold the bm25-ranker does not pick is dropped (and counted), never made an
+    anchor; `settled_by_evidence` asks the ranker over the environment's retriever."""
+    from test_evaluate import load_fixture_docs
+
+    from medr1.retrieval.bm25 import BM25Retriever
+
+    gen = ScreenLLM()
+    cfg = tiny_cfg(tmp_path, data_spec, screen=True, screen_right_per_miss=1.0, screen_settled=True,
+                   rewards=["named_correctness", "format"])
+    rows, report = grpo.build_rows(cfg, grpo.screen_missed(cfg, loaded=SimpleNamespace(), generator=gen),
+                                   settled=lambda q: q.id != "q1")
+    entry = report[data_spec]
+    assert (entry["missed"], entry["unsettled_misses_dropped"], entry["anchors"]) == (2, 1, 1)
+    kept = sorted(r["question_id"] for r in rows)
+    assert kept[-1] == "q3" and "q1" not in kept and len(kept) == 2  # q3 and one anchor (q0 or q2)
+    settled = grpo.settled_by_evidence(BM25Retriever.build(load_fixture_docs(), show_progress=False))
+    marfan = question(0)  # tall stature, ectopia lentis: the fixture's Homocystinuria document scores higher
+    assert not settled(marfan)
+    assert settled(Question(**{**marfan.to_dict(), "answer": "A"}))
+
+
 @pytest.mark.parametrize("section", ["grpo", "sft"])
 def test_a_stage_config_yaml_loads_back_as_written(tmp_path, section):
     """`medr1 grpo --config runs/X/grpo/config.yaml` (the flat file a stage writes) reproduces that stage's config;

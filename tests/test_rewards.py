@@ -69,6 +69,21 @@ def test_format_reads_a_named_option_as_an_answer():
     assert format_reward([named]) == [0.5]  # without the options the name is not an option
 
 
+def test_format_asks_a_candidate_search_to_compare_every_option():
+    """With options, a candidate search that leaves one out loses the protocol point (names compared loosely); a
+    plain search is not a comparison and keeps it."""
+    def traced(query):
+        return SEARCHED.replace("tall stature lens", query).replace("fits B", "Doc 1 (Marfan syndrome)").replace(
+            "<answer>B</answer>", "<answer>Marfan syndrome</answer>")
+
+    every = "tall, lens | among: homocystinuria; Marfan Syndrome; Noonan syndrome; Stickler"
+    assert format_reward([traced(every)], **OPTIONS) == [1.0]
+    assert format_reward([traced("tall, lens | among: Homocystinuria; Marfan syndrome; Stickler")], **OPTIONS) == [0.75]
+    assert format_reward([traced("tall stature lens")], **OPTIONS) == [1.0]
+    partial = SEARCHED.replace("tall stature lens", "tall, lens | among: Marfan syndrome; Stickler")
+    assert format_reward([partial]) == [1.0]  # without the options there is nothing to leave out
+
+
 def test_correctness_respects_valid_letters():
     assert correctness_reward(["<answer>E</answer>"], answer=["E"], letters=["ABCD"]) == [0.0]
     assert correctness_reward(["<answer>E</answer>"], answer=["E"], letters=["ABCDE"]) == [1.0]

@@ -89,6 +89,11 @@ class GRPOConfig(common.TrainConfig):
     # misses alone GRPO learns what pays where the SFT policy fails (at demo scale it dropped the candidate search,
     # 87 -> 65 of 100 HPO-Dx questions); a sampled group on a prompt the policy gets right pays what it does right.
     screen_right_per_miss: float = 0.0
+    # With screen: keep a miss only when the knowledge base settles it (the bm25-ranker, BM25 of the whole question
+    # against each option's document, picks the gold). A miss the evidence does not settle is paid only by a guess
+    # or by a search that leaves options out: with every miss kept, the study's GRPO came to name 3.2 of the 4
+    # options in its candidate search (SFT 3.9) and lost 10 pp on HPO-Dx.
+    screen_settled: bool = False
     # environment
     use_retrieval: bool = True  # false: cot prompts, single-turn generation, no search (H2's comparison arm)
     rollout_batch_size: int = 16  # sequences generated together by the rollout engine
@@ -169,10 +174,12 @@ def prompt_row(question: Question, method: str) -> dict[str, Any]:
 Screen = Callable[[list[Question]], list[Question]]
 
 
-def build_rows(cfg: GRPOConfig, screen: Screen | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def build_rows(cfg: GRPOConfig, screen: Screen | None = None,
+               settled: Callable[[Question], bool] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Prompt rows from `train_data` (test splits excluded and counted, letters balanced) and a per-source report;
     `open_prompts` more per source without options (`medr1.open_diagnosis.open_question`). `screen` keeps the
-    multiple-choice questions worth training on (`screen_missed`); the kept ones are re-lettered to stay balanced."""
+    multiple-choice questions worth training on (`screen_missed`), of its misses only those `settled` accepts (when
+    given; `settled_by_evidence`); the kept ones are re-lettered to stay balanced."""
     from medr1.open_diagnosis import open_question
 
     chosen: dict[str, tuple[list[Question], list[Question]]] = {}
@@ -187,8 +194,12 @@ def build_rows(cfg: GRPOConfig, screen: Screen | None = None) -> tuple[list[dict
         missed = {q.id for q in screen([q for used, _ in chosen.values() for q in used])}
         for spec, (used, opened) in chosen.items():
             misses = [q for q in used if q.id in missed]
+            unsettled = [q for q in misses if settled is not None and not settled(q)]
+            misses = [q for q in misses if q.id not in {u.id for u in unsettled}]
             anchors = [q for q in used if q.id not in missed][: round(len(misses) * cfg.screen_right_per_miss)]
-            report[spec].update(screened=len(used), missed=len(misses), anchors=len(anchors))
+            report[spec].update(screened=len(used), missed=len(misses) + len(unsettled), anchors=len(anchors))
+            if settled is not None:
+                report[spec]["unsettled_misses_dropped"] = len(unsettled)
             kept = {q.id for q in misses + anchors}
             chosen[spec] = (common.balance_letters([q for q in used if q.id in kept]), opened)
     rows: list[dict[str, Any]] = []
@@ -230,6 +241,14 @@ def screen_missed(cfg: GRPOConfig, loaded: Any = None, retriever: Any = None, ge
         return kept
 
     return screen
+
+
+def settled_by_evidence(retriever: Any) -> Callable[[Question], bool]:
+    """`build_rows`'s `settled` for `screen_settled`: the bm25-ranker over `retriever` picks the question's gold."""
+    from medr1.retrieval.ranker import OptionRanker
+
+    ranker = OptionRanker(retriever)
+    return lambda q: ranker.rank(q)["prediction"] == q.answer
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -560,7 +579,12 @@ def run_grpo(
         from accelerate import PartialState
 
         with PartialState().main_process_first():  # rank 0 screens; the others then read its finished samples
-            rows, data_report = build_rows(cfg, screen_missed(cfg, retriever=retriever))
+            settled = None
+            if cfg.screen_settled:
+                from medr1.retrieval import open_retriever
+
+                settled = settled_by_evidence(retriever if retriever is not None else open_retriever(cfg.index))
+            rows, data_report = build_rows(cfg, screen_missed(cfg, retriever=retriever), settled)
         plan["data"] = data_report
         print(f"medr1: grpo: screening kept {len(rows)} prompts, the starting model's misses and any anchors "
               f"({data_report})", file=sys.stderr)

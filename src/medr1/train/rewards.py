@@ -15,9 +15,12 @@ the model's own text without inserted `<information>`; `queries` = the searches 
   letter follows it, nor does a bare letter: a letter added to a blended or misspelt title is a guess, and paying
   the guesses that land taught the study's GRPO a default letter ("(A)" after 181 of 181 such answers).
 - `format_reward`: 1.0 for a well-formed trace, graded below (see `format_score`); 0.0 whenever the model wrote an
-  `<information>` block itself, because that is invented evidence. A malformed tool call (a search that writes the
-  candidate clause wrongly, `medr1.retrieval.candidates.malformed_candidate_query`) loses the protocol point: the
-  study's GRPO, paid only for answers, dropped the colon of `| among:` in 318 of 500 searches.
+  `<information>` block itself, because that is invented evidence. A malformed tool call loses the protocol point:
+  a search that writes the candidate clause wrongly (`medr1.retrieval.candidates.malformed_candidate_query`), or,
+  on a question with options, a candidate search that leaves one of them out (the prompt asks it to compare the
+  options). Paid only for answers, the study's GRPO dropped the colon of `| among:` in 318 of 500 searches; with
+  the colon enforced, it named 3.2 of the 4 options (SFT 3.9): leaving out the option the search ranks first pays
+  on a prompt the policy misses.
 - `make_open_correctness(normalize)`: the open task (no options): 1.0 when the named diagnosis normalizes to the
   row's `gold_id` (exact name, reordered words, then BM25 over the disease names), else 0.0; None on choice rows.
 - `make_research_bonus(...)`: a capped bonus for distinct searches and for thinking longer, paid ONLY when the answer
@@ -36,7 +39,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from medr1 import tags
-from medr1.retrieval.candidates import malformed_candidate_query
+from medr1.metrics import normalize_name
+from medr1.retrieval.candidates import malformed_candidate_query, split_candidate_query
 
 Reward = list[float | None]
 
@@ -127,7 +131,7 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
     0.0 if the model wrote `<information>` itself. Otherwise the sum of: 0.5 when an option (its letter, or its
     text when `options` are given; any name on an open row, `letters` "") sits in an `<answer>` that closes the trace (only whitespace after `</answer>`),
     0.25 when a non-empty `<think>…</think>` comes before that answer, 0.25 when protocol tags are used, all
-    balanced, with at most one `<answer>` and no malformed search.
+    balanced, with at most one `<answer>` and no malformed search (`_calls_parse`).
     """
     if _wrote_information(text, model_text, n_searches):
         return 0.0
@@ -145,14 +149,21 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
     thinks = re.findall(re.escape(tags.THINK_OPEN) + r"(.*?)" + re.escape(tags.THINK_CLOSE), before, re.S)
     if any(t.strip() for t in thinks):
         score += 0.25
-    if tags.TAG_RE.search(body) and _balanced(body) and body.count(tags.ANSWER_OPEN) <= 1 and _calls_parse(body):
+    if (tags.TAG_RE.search(body) and _balanced(body) and body.count(tags.ANSWER_OPEN) <= 1
+            and _calls_parse(body, options)):
         score += 0.25
     return score
 
 
-def _calls_parse(text: str) -> bool:
-    """Every search the model wrote is one the environment reads as written (no malformed candidate clause)."""
-    return not any(malformed_candidate_query(q) for q in tags.search_queries(text))
+def _calls_parse(text: str, options: dict[str, str] | None = None) -> bool:
+    """Every search the model wrote is one the environment reads as written (no malformed candidate clause), and
+    with `options` every candidate search names all of them (compared loosely, `metrics.normalize_name`)."""
+    wanted = {normalize_name(o) for o in (options or {}).values()}
+    for query in tags.search_queries(text):
+        split = split_candidate_query(query)
+        if malformed_candidate_query(query) or (split and not wanted <= {normalize_name(n) for n in split[1]}):
+            return False
+    return True
 
 
 def _balanced(text: str) -> bool:
