@@ -8,7 +8,7 @@ a multiple-choice question's options are compared against the evidence inside th
 it, `medr1.train.sft.trace_example`). Names are separated by `;`; a query without `| among:`, or whose names match no
 document, is an ordinary search of its findings. A query that writes the clause any other way (`| among` without
 the colon, or the clause twice) is a malformed call (`malformed_candidate_query`): it runs as an ordinary search of
-the whole text, and the GRPO format reward withholds its protocol point, so RL cannot drift from the syntax.
+the whole text, and the GRPO format reward withholds its protocol point (`medr1.train.rewards`).
 
 Every local index that `open_retriever` opens understands it (so do `medr1 serve-retriever` and everything that
 searches through it); the HTTP client passes the query on to the service, which answers it.

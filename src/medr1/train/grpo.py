@@ -91,8 +91,8 @@ class GRPOConfig(common.TrainConfig):
     screen_right_per_miss: float = 0.0
     # With screen: keep a miss only when the knowledge base settles it (the bm25-ranker, BM25 of the whole question
     # against each option's document, picks the gold). A miss the evidence does not settle is paid only by a guess
-    # or by a search that leaves options out: with every miss kept, the study's GRPO came to name 3.2 of the 4
-    # options in its candidate search (SFT 3.9) and lost 10 pp on HPO-Dx.
+    # or by a search that leaves options out: with every miss kept (and the colon of `| among:` enforced), GRPO came
+    # to name 3.2 of the 4 options in its candidate search (SFT 3.9) and lost 10 pp on HPO-Dx (README).
     screen_settled: bool = False
     # environment
     use_retrieval: bool = True  # false: cot prompts, single-turn generation, no search (H2's comparison arm)
@@ -193,13 +193,12 @@ def build_rows(cfg: GRPOConfig, screen: Screen | None = None,
     if screen is not None:  # one screening run over every source's questions
         missed = {q.id for q in screen([q for used, _ in chosen.values() for q in used])}
         for spec, (used, opened) in chosen.items():
-            misses = [q for q in used if q.id in missed]
-            unsettled = [q for q in misses if settled is not None and not settled(q)]
-            misses = [q for q in misses if q.id not in {u.id for u in unsettled}]
+            all_misses = [q for q in used if q.id in missed]
+            misses = [q for q in all_misses if settled is None or settled(q)]
             anchors = [q for q in used if q.id not in missed][: round(len(misses) * cfg.screen_right_per_miss)]
-            report[spec].update(screened=len(used), missed=len(misses) + len(unsettled), anchors=len(anchors))
+            report[spec].update(screened=len(used), missed=len(all_misses), anchors=len(anchors))
             if settled is not None:
-                report[spec]["unsettled_misses_dropped"] = len(unsettled)
+                report[spec]["unsettled_misses_dropped"] = len(all_misses) - len(misses)
             kept = {q.id for q in misses + anchors}
             chosen[spec] = (common.balance_letters([q for q in used if q.id in kept]), opened)
     rows: list[dict[str, Any]] = []

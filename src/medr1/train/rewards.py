@@ -131,7 +131,7 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
     0.0 if the model wrote `<information>` itself. Otherwise the sum of: 0.5 when an option (its letter, or its
     text when `options` are given; any name on an open row, `letters` "") sits in an `<answer>` that closes the trace (only whitespace after `</answer>`),
     0.25 when a non-empty `<think>…</think>` comes before that answer, 0.25 when protocol tags are used, all
-    balanced, with at most one `<answer>` and no malformed search (`_calls_parse`).
+    balanced, with at most one `<answer>` and no malformed search (`_searches_well_formed`).
     """
     if _wrote_information(text, model_text, n_searches):
         return 0.0
@@ -150,12 +150,12 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
     if any(t.strip() for t in thinks):
         score += 0.25
     if (tags.TAG_RE.search(body) and _balanced(body) and body.count(tags.ANSWER_OPEN) <= 1
-            and _calls_parse(body, options)):
+            and _searches_well_formed(body, options)):
         score += 0.25
     return score
 
 
-def _calls_parse(text: str, options: dict[str, str] | None = None) -> bool:
+def _searches_well_formed(text: str, options: dict[str, str] | None = None) -> bool:
     """Every search the model wrote is one the environment reads as written (no malformed candidate clause), and
     with `options` every candidate search names all of them (compared loosely, `metrics.normalize_name`)."""
     wanted = {normalize_name(o) for o in (options or {}).values()}
