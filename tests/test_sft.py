@@ -424,3 +424,31 @@ def test_a_retrieved_title_is_an_option_by_the_name_rules_of_the_candidate_searc
     hits = [Hit(Document("OMIM:1", "Myopia", "x"), 1.0), Hit(Document("ORPHA:9", "HOMOCYSTINÙRIA", "x"), 1.0)]
     assert sft.first_option_doc(hits, q) == (2, "HOMOCYSTINÙRIA", "A")
     assert sft.first_option_doc(hits[:1], q) is None
+
+
+def test_a_full_disk_stops_training_with_a_clear_error(tmp_path, monkeypatch):
+    """torch.save on a full disk fails with "unexpected pos"; medr1 says the disk is full and how to go on, and
+    leaves every other failure as it was."""
+    import shutil
+    from types import SimpleNamespace
+
+    from medr1.errors import Medr1Error
+
+    class Failing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def train(self, resume_from_checkpoint=None):
+            raise self.exc
+
+    cfg = SimpleNamespace(output_dir=str(tmp_path))
+    monkeypatch.setattr(common, "distributed_setup", lambda trainer: {})
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=4 << 20))
+    with pytest.raises(Medr1Error, match=r"disk under .* is full \(4 MiB free; RuntimeError: unexpected pos.*--resume"):
+        common.train_and_save(Failing(RuntimeError("unexpected pos 10 vs 8")), None, cfg, None, {}, 0.0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=100 << 30))
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):  # plenty of space: not a disk problem
+        common.train_and_save(Failing(RuntimeError("shape mismatch")), None, cfg, None, {}, 0.0)
+    with pytest.raises(Medr1Error, match="is full"):  # ENOSPC says so whatever the free space reads
+        common.train_and_save(Failing(OSError(28, "No space left on device")), None, cfg, None, {}, 0.0)

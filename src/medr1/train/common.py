@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from medr1 import models
-from medr1.errors import ConfigError
+from medr1.errors import ConfigError, Medr1Error
 from medr1.io import append_jsonl, atomic_write_text, read_jsonl_tolerant
 from medr1.rollout import Budget
 
@@ -426,7 +426,13 @@ def train_and_save(trainer: Any, loaded: Any, cfg: Any, checkpoint: str | None, 
     plan["distributed"] = distributed_setup(trainer)
     if checkpoint:
         print(f"medr1: resuming from {checkpoint}", file=sys.stderr, flush=True)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except (OSError, RuntimeError) as exc:  # torch.save on a full disk: "unexpected pos ..."
+        full = disk_full_error(cfg.output_dir, exc)
+        if full is None:
+            raise
+        raise full from exc
     final = save_final(trainer, loaded, Path(cfg.output_dir) / "final", merge=cfg.lora and cfg.merge_lora)
     plan.update(
         final_model=str(final),
@@ -437,6 +443,25 @@ def train_and_save(trainer: Any, loaded: Any, cfg: Any, checkpoint: str | None, 
     )
     atomic_write_json(Path(cfg.output_dir) / "summary.json", plan)
     return plan
+
+
+LOW_DISK_BYTES = 1 << 30  # below this, a failed save is taken for a full disk
+
+
+def disk_full_error(output_dir: str | Path, exc: BaseException) -> Medr1Error | None:
+    """A clear error when training failed because the disk under `output_dir` is full (ENOSPC, or under
+    LOW_DISK_BYTES free); None for any other failure."""
+    import errno
+    import shutil
+
+    free = shutil.disk_usage(output_dir).free
+    if getattr(exc, "errno", None) != errno.ENOSPC and free >= LOW_DISK_BYTES:
+        return None
+    return Medr1Error(
+        f"training stopped: the disk under {output_dir} is full ({free / 2**20:.0f} MiB free; "
+        f"{type(exc).__name__}: {exc}). Free space and continue with --resume (`medr1 run` resumes by itself): "
+        "a checkpoint cut short is passed over for the one before"
+    )
 
 
 def start_run(cfg: Any, trl_args: Callable[[Any], Any], stage: str, resume: bool) -> tuple[str | None, Any]:
