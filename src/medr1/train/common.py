@@ -426,14 +426,14 @@ def train_and_save(trainer: Any, loaded: Any, cfg: Any, checkpoint: str | None, 
     plan["distributed"] = distributed_setup(trainer)
     if checkpoint:
         print(f"medr1: resuming from {checkpoint}", file=sys.stderr, flush=True)
-    try:
+    try:  # checkpoints and final/ are the writes a full disk breaks
         result = trainer.train(resume_from_checkpoint=checkpoint)
+        final = save_final(trainer, loaded, Path(cfg.output_dir) / "final", merge=cfg.lora and cfg.merge_lora)
     except (OSError, RuntimeError) as exc:  # torch.save on a full disk: "unexpected pos ..."
         full = disk_full_error(cfg.output_dir, exc)
         if full is None:
             raise
         raise full from exc
-    final = save_final(trainer, loaded, Path(cfg.output_dir) / "final", merge=cfg.lora and cfg.merge_lora)
     plan.update(
         final_model=str(final),
         global_step=trainer.state.global_step,
