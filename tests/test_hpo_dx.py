@@ -71,7 +71,7 @@ def test_counts_and_disease_disjoint_splits(built, hpo):
 def test_every_vignette_is_well_formed(built, hpo):
     _, _, splits = built
     index = PhenotypeIndex(hpo)
-    for qs in splits.values():
+    for split, qs in splits.items():
         for q in qs:
             q.validate(q.id)
             did = q.meta["disease_id"]
@@ -82,7 +82,7 @@ def test_every_vignette_is_well_formed(built, hpo):
             assert len({name_key(n) for n in q.options.values()}) == 4  # distinct names, no family members
             assert q.gold_doc_ids == [did]
             findings = q.meta["findings"]
-            assert 3 <= len(findings) <= 8
+            assert 3 <= len(findings) <= (SMALL.max_findings_train if split == "train" else SMALL.max_findings)
             positives = {a.hpo_id for a in disease.phenotypes}
             for f in findings:
                 assert f["annotated_hpo_id"] in positives  # never an excluded / 0% annotation
@@ -142,6 +142,18 @@ def test_train_vignettes_record_absent_findings_between_findings_and_question(bu
         assert {k: v for k, v in q.meta.items() if k != "excluded"} == {k: v for k, v in p.meta.items()
                                                                           if k != "excluded"}
     assert (plain / "test.jsonl").read_bytes() == (built[0] / "test.jsonl").read_bytes()
+
+
+def test_longer_train_vignettes_leave_dev_and_test_unchanged(built, hpo, tmp_path):
+    """`max_findings_train` draws longer train lists (real patients list up to ~20 findings); dev and test keep 3-8
+    and stay byte-identical whatever it is."""
+    longer = tmp_path / "longer"
+    build_hpo_dx(longer, dataclasses.replace(SMALL, max_findings_train=16), hpo, progress=False)
+    lengths = [len(q.meta["findings"]) for q in load_split(longer / "train.jsonl")]
+    assert max(lengths) > SMALL.max_findings and min(lengths) >= SMALL.min_findings
+    assert max(len(q.meta["findings"]) for q in built[2]["train"]) <= SMALL.max_findings_train == SMALL.max_findings
+    for split in ("dev", "test"):
+        assert (longer / f"{split}.jsonl").read_bytes() == (built[0] / f"{split}.jsonl").read_bytes()
 
 
 def test_stats_json(built):
