@@ -32,14 +32,17 @@ class ScriptedRetriever:
         return [[Hit(doc, 2.0)] for _ in queries]
 
 
+QUERY = "tall stature | among: Homocystinuria; Marfan syndrome; Stickler syndrome; Ehlers-Danlos"  # compares all four
+
+
 def scripted_rollout(loaded, prompts, retriever, cfg):
     """Every trajectory searches once; even rows name the gold option, odd rows a wrong one, so rewards vary within a
     group (the gold's letter varies: training sets are letter-balanced; the reward maps a name to its letter)."""
     tok = loaded.tokenizer
     out = []
     for i, prompt_ids in enumerate(prompts):
-        first = tok("<think>check</think>\n<search>tall stature</search>", add_special_tokens=False)["input_ids"]
-        hits = retriever.search(["tall stature"], 1)[0]
+        first = tok(f"<think>check</think>\n<search>{QUERY}</search>", add_special_tokens=False)["input_ids"]
+        hits = retriever.search([QUERY], 1)[0]
         info = tok(tags.format_information([h.doc.contents for h in hits]), add_special_tokens=False)["input_ids"]
         name = "Marfan syndrome" if i % 2 == 0 else "Stickler syndrome"
         last = tok(f"<think>fits</think>\n<answer>{name}</answer>", add_special_tokens=False)["input_ids"]
@@ -48,7 +51,7 @@ def scripted_rollout(loaded, prompts, retriever, cfg):
         out.append(
             SimpleNamespace(
                 prompt_ids=list(prompt_ids), token_ids=ids, loss_mask=mask, text=tok.decode(ids),
-                queries=["tall stature"], retrieved_doc_ids=[["OMIM:154700"]], turns=2, finish_reason="answer",
+                queries=[QUERY], retrieved_doc_ids=[["OMIM:154700"]], turns=2, finish_reason="answer",
                 tool_errors=0, n_generated=len(first) + len(last),
             )
         )

@@ -70,8 +70,8 @@ def test_format_reads_a_named_option_as_an_answer():
 
 
 def test_format_asks_a_candidate_search_to_compare_every_option():
-    """With options, a candidate search that leaves one out loses the protocol point (names compared loosely); a
-    plain search is not a comparison and keeps it."""
+    """With options, a candidate search that leaves one out loses the protocol point (names compared loosely), and
+    so do plain searches alone (no comparison); a plain search beside a full comparison, or no search, keeps it."""
     def traced(query):
         return SEARCHED.replace("tall stature lens", query).replace("fits B", "Doc 1 (Marfan syndrome)").replace(
             "<answer>B</answer>", "<answer>Marfan syndrome</answer>")
@@ -79,7 +79,10 @@ def test_format_asks_a_candidate_search_to_compare_every_option():
     every = "tall, lens | among: homocystinuria; Marfan Syndrome; Noonan syndrome; Stickler"
     assert format_reward([traced(every)], **OPTIONS) == [1.0]
     assert format_reward([traced("tall, lens | among: Homocystinuria; Marfan syndrome; Stickler")], **OPTIONS) == [0.75]
-    assert format_reward([traced("tall stature lens")], **OPTIONS) == [1.0]
+    assert format_reward([traced("tall stature lens")], **OPTIONS) == [0.75]
+    then_plain = traced(every).replace("<think>Doc 1", "<search>Marfan syndrome lens</search>\n<think>Doc 1")
+    assert then_plain.count("<search>") == 2 and format_reward([then_plain], **OPTIONS) == [1.0]
+    assert format_reward(["<think>Tall, lens.</think>\n<answer>Marfan syndrome</answer>"], **OPTIONS) == [1.0]
     partial = SEARCHED.replace("tall stature lens", "tall, lens | among: Marfan syndrome; Stickler")
     assert format_reward([partial]) == [1.0]  # without the options there is nothing to leave out
 

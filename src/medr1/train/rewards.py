@@ -157,13 +157,19 @@ def format_score(text: str, model_text: str | None = None, n_searches: int | Non
 
 def _searches_well_formed(text: str, options: dict[str, str] | None = None) -> bool:
     """Every search the model wrote is one the environment reads as written (no malformed candidate clause), and
-    with `options` every candidate search names all of them (compared loosely, `metrics.normalize_name`)."""
+    with `options` every candidate search names all of them (compared loosely, `metrics.normalize_name`) and a
+    trace that searches makes at least one: plain searches alone on a multiple-choice question, which the prompt
+    asks to compare the options, are where GRPO at 4 prompts x 4 rollouts drifted (420 of 500 first searches
+    plain, -14.8 pp). A plain search beside the comparison (an option's name, say) is fine."""
     wanted = {normalize_name(o) for o in (options or {}).values()}
-    for query in tags.search_queries(text):
-        split = split_candidate_query(query)
-        if malformed_candidate_query(query) or (split and not wanted <= {normalize_name(n) for n in split[1]}):
-            return False
-    return True
+    queries = tags.search_queries(text)
+    splits = [split_candidate_query(q) for q in queries]
+    if any(malformed_candidate_query(q) for q in queries):
+        return False
+    if not wanted or not queries:
+        return True
+    named = [wanted <= {normalize_name(n) for n in split[1]} for split in splits if split]
+    return bool(named) and all(named)
 
 
 def _balanced(text: str) -> bool:
