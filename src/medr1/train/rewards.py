@@ -163,12 +163,11 @@ def _searches_well_formed(text: str, options: dict[str, str] | None = None) -> b
     plain, -14.8 pp). A plain search beside the comparison (an option's name, say) is fine."""
     wanted = {normalize_name(o) for o in (options or {}).values()}
     queries = tags.search_queries(text)
-    splits = [split_candidate_query(q) for q in queries]
     if any(malformed_candidate_query(q) for q in queries):
         return False
     if not wanted or not queries:
         return True
-    named = [wanted <= {normalize_name(n) for n in split[1]} for split in splits if split]
+    named = [wanted <= {normalize_name(n) for n in split[1]} for split in map(split_candidate_query, queries) if split]
     return bool(named) and all(named)
 
 
