@@ -9,10 +9,12 @@ bookkeeping. Models load through `medr1.models.load_model` (tiny-random-llama in
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -451,9 +453,6 @@ LOW_DISK_BYTES = 1 << 30  # below this, a failed save is taken for a full disk
 def disk_full_error(output_dir: str | Path, exc: BaseException) -> Medr1Error | None:
     """A clear error when training failed because the disk under `output_dir` is full (ENOSPC, or under
     LOW_DISK_BYTES free); None for any other failure."""
-    import errno
-    import shutil
-
     free = shutil.disk_usage(output_dir).free
     if getattr(exc, "errno", None) != errno.ENOSPC and free >= LOW_DISK_BYTES:
         return None
