@@ -294,9 +294,14 @@ def test_the_rotation_stage_shifts_the_last_self_ask_model_s_options(tmp_path) -
         assert list(configs) == ["self-ask/hpo-dx-test"]
         cfg = configs["self-ask/hpo-dx-test"]
         assert (cfg.model, cfg.method, cfg.rotate, cfg.index) == (model, "self-ask", 1, "/idx")
-        assert cfg.out.endswith("runs/t/rotation/self-ask/hpo-dx-test")
+        assert cfg.out.endswith("runs/t/rotation/self-ask/hpo-dx-test") and cfg.limit is None
     with pytest.raises(ConfigError, match="run.rotation: 'mirage:medqa' is not one of run.datasets"):
         pl.make_plan(write_recipe(tmp_path, run={"rotation": ["mirage:medqa"]}))
+    # run.rotation_limit: the first N questions only; the shifted eval's config says so
+    limited = pl.make_plan(write_recipe(tmp_path, run={"rotation": ["hpo-dx:test"], "rotation_limit": 200}))
+    assert pl.configure_rotation(limited, inputs)["self-ask/hpo-dx-test"].limit == 200
+    with pytest.raises(ConfigError, match="run.rotation_limit must be >= 1"):
+        pl.make_plan(write_recipe(tmp_path, run={"rotation": ["hpo-dx:test"], "rotation_limit": 0}))
 
 
 def _stage_configs(plan) -> dict[str, object]:

@@ -279,6 +279,13 @@ def test_position_bias_section_pairs_the_shifted_run_with_the_same_model(tmp_pat
     line = next(x for x in section.splitlines() if x.startswith("- HPO-Dx test"))
     assert line.startswith("- HPO-Dx test (n=8), GRPO+RAG: 75.0% as asked, 50.0% with every question's options")
     assert "+25.0 pp" in line and "answer follows the option's text in 62.5% and its letter in 37.5%" in line
+    # run.rotation_limit: a shifted run of the first 6 questions is paired with the unshifted answers to those 6
+    _write_jsonl(run_dir / "rotation" / "self-ask" / HPO / "samples.jsonl", shifted[:6])
+    md = rp.build_report(run_dir)["md"].read_text(encoding="utf-8")
+    section = md.split("## Position bias", 1)[1].split("\n## ", 1)[0]
+    line = next(x for x in section.splitlines() if x.startswith("- HPO-Dx test"))
+    assert line.startswith("- HPO-Dx test (n=8) (its first 6 questions), GRPO+RAG: 100.0% as asked, 66.7% with")
+    assert "+33.3 pp" in line and "answer follows the option's text in 83.3% and its letter in 16.7%" in line
     # a shifted run whose model has no unshifted eval is said, not paired with another model's
     _write_json(run_dir / "rotation" / "self-ask" / HPO / "metrics.json", {**metrics_for(4, 8), "model": "other"})
     md = rp.build_report(run_dir)["md"].read_text(encoding="utf-8")

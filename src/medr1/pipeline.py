@@ -108,6 +108,7 @@ class RunConfig:
     # the untrained one) again on these datasets (specs of run.datasets / optional_datasets) with every question's
     # options shifted one letter; the report pairs it with the same model unshifted
     rotation: list[str] = field(default_factory=list)
+    rotation_limit: int | None = None  # the first N questions of each only (the report pairs those)
     # RAGAS columns of every retrieving eval (`medr1 ragas`, when the ragas extra is installed): the non-LLM ID
     # metrics always; faithfulness and answer relevancy when `ragas_judge` names an OpenAI-compatible endpoint
     ragas: bool = True
@@ -126,6 +127,8 @@ class RunConfig:
         if self.max_questions is not None and self.max_questions < 1:
             raise ConfigError(f"run.max_questions must be >= 1 (or null for all), got {self.max_questions}")
         specs = set(self.datasets) | set(self.optional_datasets)
+        if self.rotation_limit is not None and self.rotation_limit < 1:
+            raise ConfigError(f"run.rotation_limit must be >= 1 (or null for all), got {self.rotation_limit}")
         for spec in self.rotation:
             if spec not in specs:
                 raise ConfigError(f"run.rotation: {spec!r} is not one of run.datasets / optional_datasets "
@@ -587,9 +590,11 @@ def configure_eval(stage: str) -> Configure:
 
 
 def configure_rotation(plan: Plan, inputs: dict) -> dict[str, Any]:
-    """The run's last self-ask model (GRPO, else SFT, else the untrained one) on `run.rotation`, options shifted."""
+    """The run's last self-ask model (GRPO, else SFT, else the untrained one) on `run.rotation`, options shifted
+    (the first `run.rotation_limit` questions of each)."""
     model = next((inputs[s]["final_model"] for s in ("grpo", "sft") if s in inputs), plan.run.model)
-    return _eval_configs(plan, inputs, "rotation", model, ["self-ask"], list(plan.run.rotation), rotate=1)
+    return _eval_configs(plan, inputs, "rotation", model, ["self-ask"], list(plan.run.rotation), rotate=1,
+                         limit=plan.run.rotation_limit)
 
 
 def execute_eval(ctx: StageContext) -> dict[str, Any]:

@@ -434,6 +434,9 @@ def rotation_lines(art: RunArtifacts) -> list[str]:
             lines.append(f"{column_title(ds)}: no unshifted self-ask eval of {model} to pair the shifted one with")
             continue
         plain, rotated = read_column_samples(art.run_dir, label, ds["key"]), read_samples(rotated_dir)
+        shifted_ids = {s["id"] for s in rotated}
+        subset = len(shifted_ids) < len(plain)  # run.rotation_limit: the unshifted answers to the same questions
+        plain = [s for s in plain if s["id"] in shifted_ids] if subset else plain
         try:
             _, a, b = align(plain, rotated, ("as asked", "shifted"))
         except DataError as exc:  # a shifted run still in progress
@@ -443,7 +446,8 @@ def rotation_lines(art: RunArtifacts) -> list[str]:
         follows = (f"; of the {rot['n']} questions answered both times the answer follows the option's text in "
                    f"{100 * rot['follows_content']:.1f}% and its letter in {100 * rot['follows_letter']:.1f}%"
                    if rot["n"] else "")
-        lines.append(f"{column_title(ds)}, {label}: {100 * r.accuracy_a:.1f}% as asked, {100 * r.accuracy_b:.1f}% "
+        which = f"{column_title(ds)} (its first {len(plain)} questions)" if subset else column_title(ds)
+        lines.append(f"{which}, {label}: {100 * r.accuracy_a:.1f}% as asked, {100 * r.accuracy_b:.1f}% "
                      f"with every question's options shifted one letter; as asked − shifted = {r.text()}{follows}.")
     return lines
 
