@@ -35,6 +35,8 @@ EXTRACT_CASES = [
     ("<answer>A</answer> wait <answer>B</answer>", "B"),  # last span wins
     ("<answer>A</answer> then <answer>C", "C"),  # unclosed tail after a complete span wins
     ("<think>x</think><answer>D", "D"),  # unclosed (budget-truncated)
+    ("<think>x</think>\n<answer>D</answer</answer>", "D"),  # a broken close written again (GRPO without retrieval)
+    ("<answer>Homocystinuria</answer </answer>", "C"),  # the same, with a space
     ("<answer>LETTER</answer>", None),  # committed but unreadable: no fallback
     ("<answer>E</answer>", None),  # not an option letter
     ("<answer>Because of the lens</answer>", None),  # 'B' inside a word is not a letter

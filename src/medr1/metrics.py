@@ -6,7 +6,8 @@ tag protocol as the answer field. Exactly, in order:
 
 1. `<information>` blocks are removed first: retrieved text is not the model's answer.
 2. If the text has an answer span, the LAST one decides (a complete `<answer>…</answer>`, or else an unclosed
-   `<answer>…` running to the end, as a budget-truncated generation leaves it). Inside it, first match wins:
+   `<answer>…` running to the end, as a budget-truncated generation leaves it; a close broken and written again,
+   `<answer>D</answer</answer>`, closes it at the first). Inside it, first match wins:
    a. the span is a lone letter, optionally wrapped: `B`, `(B)`, `B.`, `**B**`, `b`;
    b. the span equals one option's text (case, spacing and punctuation ignored), when `options` are given: the
       model may name its choice instead of giving its letter (small models bind a name to its letter poorly,

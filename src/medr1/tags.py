@@ -17,7 +17,10 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 STOP_STRINGS = (SEARCH_CLOSE, ANSWER_CLOSE)
 
 _SEARCH_RE = re.compile(re.escape(SEARCH_OPEN) + r"(.*?)" + re.escape(SEARCH_CLOSE), re.S)
-ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.S)
+# A close the model broke and then wrote again (`<answer>D</answer</answer>`: the untrained model does it, and a
+# GRPO run without retrieval learned it) still closes the span: its content is `D`.
+ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)(?:" + re.escape(ANSWER_CLOSE[:-1]) + r"\s*)?"
+                       + re.escape(ANSWER_CLOSE), re.S)
 TAG_RE = re.compile(r"</?(think|search|information|answer)>")  # any protocol tag; group 1 = its name
 _INFO_RE = re.compile(re.escape(INFO_OPEN) + r".*?" + re.escape(INFO_CLOSE), re.S)
 
