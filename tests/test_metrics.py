@@ -37,6 +37,10 @@ EXTRACT_CASES = [
     ("<think>x</think><answer>D", "D"),  # unclosed (budget-truncated)
     ("<think>x</think>\n<answer>D</answer</answer>", "D"),  # a broken close written again (GRPO without retrieval)
     ("<answer>Homocystinuria</answer </answer>", "C"),  # the same, with a space
+    ("<answer>A</think>\n<answer>C</answer>", "C"),  # an answer opened again: the last opening starts the span
+    ("<answer>Homocystinuria</answer</think>\n<answer>Homocystinuria</answer>", "C"),  # the same, a broken close
+    ("<answer>Homocystinuria</think>", "C"),  # the span ends at a protocol tag inside it
+    ("<answer>B</answer</think>", "B"),  # or at a close missing its ">"
     ("<answer>LETTER</answer>", None),  # committed but unreadable: no fallback
     ("<answer>E</answer>", None),  # not an option letter
     ("<answer>Because of the lens</answer>", None),  # 'B' inside a word is not a letter

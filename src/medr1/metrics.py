@@ -7,7 +7,10 @@ tag protocol as the answer field. Exactly, in order:
 1. `<information>` blocks are removed first: retrieved text is not the model's answer.
 2. If the text has an answer span, the LAST one decides (a complete `<answer>…</answer>`, or else an unclosed
    `<answer>…` running to the end, as a budget-truncated generation leaves it; a close broken and written again,
-   `<answer>D</answer</answer>`, closes it at the first). Inside it, first match wins:
+   `<answer>D</answer</answer>`, closes it at the first). A span is the model's last commitment: when it opened
+   `<answer>` again before closing (`<answer>C</think>\n<answer>C</answer>`), the last opening starts it, and it ends
+   at the first protocol tag or broken close inside (`<answer>Marfan syndrome</think>` is `Marfan syndrome`).
+   Inside it, first match wins:
    a. the span is a lone letter, optionally wrapped: `B`, `(B)`, `B.`, `**B**`, `b`;
    b. the span equals one option's text (case, spacing and punctuation ignored), when `options` are given: the
       model may name its choice instead of giving its letter (small models bind a name to its letter poorly,
@@ -53,6 +56,7 @@ from typing import Any
 from medr1.tags import ANSWER_CLOSE, ANSWER_OPEN, ANSWER_RE, TAG_RE, THINK_CLOSE, THINK_OPEN, strip_information
 
 _OPEN_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*)\Z", re.S)
+_SPAN_END_RE = re.compile(r"</?(?:think|search|information|answer)\b>?")  # a tag, or a close missing its ">"
 _THINK_BLOCK_RE = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE), re.S)
 _WRAP_CHARS = " \t\r\n*_`\"'()[]{}.:;,!"
 
@@ -128,8 +132,14 @@ def answer_span(text: str) -> str | None:
     if tail_start != -1 and ANSWER_CLOSE not in text[tail_start:]:
         m = _OPEN_ANSWER_RE.search(text, tail_start)
         if m:
-            return m.group(1).strip()
-    return spans[-1].strip() if spans else None
+            return _own_span(m.group(1))
+    return _own_span(spans[-1]) if spans else None
+
+
+def _own_span(content: str) -> str:
+    """A span's content from the last `<answer>` opened inside it to the first protocol tag (or broken close)."""
+    content = content[content.rfind(ANSWER_OPEN) + len(ANSWER_OPEN):] if ANSWER_OPEN in content else content
+    return _SPAN_END_RE.split(content, maxsplit=1)[0].strip()
 
 
 def tagged_answer(text: str, letters: Iterable[str], options: dict[str, str] | None = None) -> str | None:
