@@ -53,10 +53,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from medr1.tags import ANSWER_CLOSE, ANSWER_OPEN, ANSWER_RE, TAG_RE, THINK_CLOSE, THINK_OPEN, strip_information
+from medr1.tags import (
+    ANSWER_CLOSE, ANSWER_OPEN, ANSWER_RE, SPAN_END_RE, TAG_RE, THINK_CLOSE, THINK_OPEN, strip_information,
+)
 
 _OPEN_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*)\Z", re.S)
-_SPAN_END_RE = re.compile(r"</?(?:think|search|information|answer)\b>?")  # a tag, or a close missing its ">"
 _THINK_BLOCK_RE = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE), re.S)
 _WRAP_CHARS = " \t\r\n*_`\"'()[]{}.:;,!"
 
@@ -139,7 +140,7 @@ def answer_span(text: str) -> str | None:
 def _own_span(content: str) -> str:
     """A span's content from the last `<answer>` opened inside it to the first protocol tag (or broken close)."""
     content = content[content.rfind(ANSWER_OPEN) + len(ANSWER_OPEN):] if ANSWER_OPEN in content else content
-    return _SPAN_END_RE.split(content, maxsplit=1)[0].strip()
+    return SPAN_END_RE.split(content, maxsplit=1)[0].strip()
 
 
 def tagged_answer(text: str, letters: Iterable[str], options: dict[str, str] | None = None) -> str | None:

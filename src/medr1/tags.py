@@ -21,7 +21,10 @@ _SEARCH_RE = re.compile(re.escape(SEARCH_OPEN) + r"(.*?)" + re.escape(SEARCH_CLO
 # GRPO run without retrieval learned it) still closes the span: its content is `D`.
 ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)(?:" + re.escape(ANSWER_CLOSE[:-1]) + r"\s*)?"
                        + re.escape(ANSWER_CLOSE), re.S)
-TAG_RE = re.compile(r"</?(think|search|information|answer)>")  # any protocol tag; group 1 = its name
+_TAG_NAMES = "think|search|information|answer"
+TAG_RE = re.compile(rf"</?({_TAG_NAMES})>")  # any protocol tag; group 1 = its name
+# Where an answer span ends: a protocol tag, or a close missing its ">" (`<answer>B</answer</think>`).
+SPAN_END_RE = re.compile(rf"</?(?:{_TAG_NAMES})\b>?")
 _INFO_RE = re.compile(re.escape(INFO_OPEN) + r".*?" + re.escape(INFO_CLOSE), re.S)
 
 
