@@ -139,8 +139,7 @@ def answer_span(text: str) -> str | None:
 
 def _own_span(content: str) -> str:
     """A span's content from the last `<answer>` opened inside it to the first protocol tag (or broken close)."""
-    content = content[content.rfind(ANSWER_OPEN) + len(ANSWER_OPEN):] if ANSWER_OPEN in content else content
-    return SPAN_END_RE.split(content, maxsplit=1)[0].strip()
+    return SPAN_END_RE.split(content.rsplit(ANSWER_OPEN, 1)[-1], maxsplit=1)[0].strip()
 
 
 def tagged_answer(text: str, letters: Iterable[str], options: dict[str, str] | None = None) -> str | None:
